@@ -1,0 +1,47 @@
+# `make demo` and `make test` set up .venv from nothing, then run the demo / the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fmprobe-installed
+DEMO ?= out/demo
+DEMO_MODEL ?= timm:vit_tiny_patch16_224
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# A machine that already has torch and torchvision (a GPU node) keeps them; elsewhere pip
+# installs both from the registry (torchvision must be built against the same torch).
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch, torchvision" >/dev/null 2>&1; then \
+		echo "setup: reusing this machine's torch and torchvision"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	@echo "demo: embedding builtin:digits with $(DEMO_MODEL) --random-init:"
+	@echo "      no pretrained weights can be downloaded on this machine (no model hub);"
+	@echo "      with network access drop --random-init, or pass --weights PATH."
+	$(BIN)/fmprobe embed --data builtin:digits --model $(DEMO_MODEL) --random-init \
+		--store $(DEMO)/digits.zarr
+	$(BIN)/fmprobe store info $(DEMO)/digits.zarr
+
+lint: $(STAMP)
+	$(BIN)/ruff check fmprobe tests benchmarks
+	$(BIN)/ruff format --check fmprobe tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_embed.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,284 @@
+"""The ``fmprobe`` command line: one thin command per stage, each calling the library function
+of the same name. Exit codes: 0 success, 2 bad usage or input (one line), 1 failure at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from fmprobe.errors import FmprobeError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"fmprobe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(func: F) -> F:
+    """Turn fmprobe's errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            _fail(2, str(exc))
+        except FmprobeError as exc:
+            _fail(1, str(exc))
+        except KeyboardInterrupt:
+            _fail(130, "interrupted; finished chunks are kept, rerun the same command to resume")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _json_option(value: str | None, name: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{name} is not valid JSON ({exc.msg}); e.g. '{{\"img_size\": 64}}'"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{name} must be a JSON object, e.g. '{{\"img_size\": 64}}'")
+    return parsed
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="fmprobe")
+def main() -> None:
+    """fmprobe: with which foundation model, and how many labels?
+
+    Stages: embed → (feature store) → sweep → forecast / compare / report.
+    """
+
+
+@main.command()
+@click.option(
+    "--data",
+    required=True,
+    help="builtin:digits, an image folder, a CSV/Parquet manifest or an HDF5/NPZ file.",
+)
+@click.option(
+    "--model",
+    required=True,
+    help="timm:<name>, open_clip:<arch>[/<pretrained>] or hf:<org>/<repo>.",
+)
+@click.option("--store", required=True, help="The Zarr feature store (created if missing).")
+@click.option(
+    "--layers",
+    default=None,
+    help="Blocks, e.g. 2,5,8,11 / -1 / last. Default: four evenly spaced ending at the last.",
+)
+@click.option(
+    "--pools", default=None, help="Comma list of cls, mean, attn. Default: all the model supports."
+)
+@click.option(
+    "--tokens", is_flag=True, help="Also store patch tokens (float16) for attention-pooling probes."
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Local checkpoint: safetensors, or a state dict (loaded with weights_only=True).",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="No pretrained weights (seeded); recorded as such in the store.",
+)
+@click.option(
+    "--model-kwargs",
+    default=None,
+    help="JSON passed to the model factory, e.g. '{\"img_size\": 64}'.",
+)
+@click.option(
+    "--name", default=None, help="Name of the model group in the store (default: from --model)."
+)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option(
+    "--num-workers",
+    default=None,
+    type=int,
+    help="DataLoader decoding workers (default: cores - 1, at most 8).",
+)
+@click.option(
+    "--chunk-rows",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Rows per store chunk (the unit of resume).",
+)
+@click.option("--no-amp", is_flag=True, help="On CUDA, run in float32 instead of bf16 autocast.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on the first unreadable image instead of recording and skipping it.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace this model's features (or the whole store if the dataset changed).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly
+def embed(**opts: Any) -> None:
+    """Embed a dataset with a frozen encoder into the feature store.
+
+    \b
+    Example:
+      fmprobe embed --data builtin:digits --model timm:vit_tiny_patch16_224 \\
+          --random-init --store digits.zarr
+    """
+    from fmprobe.embed import embed as run_embed
+
+    as_json, quiet = opts.pop("as_json"), opts.pop("quiet")
+    opts["model_kwargs"] = _json_option(opts["model_kwargs"], "--model-kwargs")
+    opts["amp"] = not opts.pop("no_amp")
+    report = run_embed(**opts, progress=not quiet)
+    if report.rows_embedded == 0:
+        click.echo(f"{report.model}: already complete in {report.store}, nothing to do", err=True)
+    else:
+        click.echo(
+            f"{report.model}: embedded {report.rows_embedded} images in {report.seconds:.1f} s "
+            f"({report.images_per_second:.1f} img/s on {report.device}); "
+            f"{len(report.features)} features in {report.store}",
+            err=True,
+        )
+    if report.unreadable:
+        first = "; ".join(f"{i}: {r}" for i, r in report.unreadable[:3])
+        click.echo(
+            f"{len(report.unreadable)} unreadable images skipped and recorded ({first}); "
+            f"see `fmprobe store info {report.store}`",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@main.group()
+def store() -> None:
+    """Inspect, import into and export from a feature store."""
+
+
+@store.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def store_info(path: str, as_json: bool) -> None:
+    """List the features of a store with their shapes.
+
+    \b
+    Example:
+      fmprobe store info digits.zarr --json
+    """
+    from fmprobe.store import store_info as info
+
+    result = info(path)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    ds = result["dataset"]
+    click.echo(
+        f"{result['path']}: {result['n_samples']} samples from {ds.get('spec')} ({ds.get('kind')})"
+    )
+    click.echo(f"columns: {', '.join(result['columns']) or '(none)'}")
+    for m in result["models"]:
+        state = (
+            "complete"
+            if m["chunks_done"] == m["chunks"]
+            else f"{m['chunks_done']}/{m['chunks']} chunks"
+        )
+        w = (m["weights"] or {}).get("kind")
+        click.echo(
+            f"model {m['key']}: {m['spec']} [{w}] layers {m['layers']} {state}, "
+            f"{m['unreadable']} unreadable"
+        )
+    width = max((len(f["key"]) for f in result["features"]), default=10)
+    for f in result["features"]:
+        shape = "×".join(str(s) for s in f["shape"])
+        flag = "" if f["complete"] else "  (incomplete)"
+        flag += "  (imported)" if f["imported"] else ""
+        click.echo(f"  {f['key']:<{width}}  {shape:>14}  {f['dtype']}{flag}")
+
+
+@store.command("import")
+@click.argument("path")
+@click.option("--name", required=True, help="The feature's key in the store, e.g. uni/last/cls.")
+@click.option("--features", required=True, help="A .npy or HDF5 matrix, one row per sample.")
+@click.option(
+    "--labels", required=True, help="CSV/Parquet table: rows match the matrix, `id` names them."
+)
+@click.option("--dataset", default=None, help="HDF5 dataset name when the file holds several.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing feature of that name.")
+@friendly
+def store_import(path: str, **opts: Any) -> None:
+    """Bring in embeddings computed elsewhere.
+
+    \b
+    Example:
+      fmprobe store import my.zarr --name uni/last/cls --features uni.npy --labels labels.csv
+    """
+    from fmprobe.store import import_features
+
+    fs = import_features(path, **opts)
+    click.echo(f"imported {opts['name']} ({fs.n} rows) into {path}", err=True)
+
+
+@store.command("export")
+@click.argument("path")
+@click.option(
+    "--key",
+    required=True,
+    help="The feature to export, e.g. timm-vit_tiny_patch16_224/block11/cls.",
+)
+@click.option(
+    "--out", required=True, help="A .npy or .h5 file (.h5 also holds ids and sample columns)."
+)
+@click.option("--table", default=None, help="Also write the samples table (CSV or Parquet).")
+@friendly
+def store_export(path: str, key: str, out: str, table: str | None) -> None:
+    """Write a feature to HDF5 or .npy.
+
+    \b
+    Example:
+      fmprobe store export digits.zarr --key timm-vit_tiny_patch16_224/block11/cls --out f.h5
+    """
+    from fmprobe.store import export_feature
+
+    export_feature(path, key=key, out=out, table=table)
+    click.echo(f"wrote {out}", err=True)
+
+
+@main.command("models")
+@click.argument("pattern", default="*")
+@click.option("--source", type=click.Choice(["timm", "open_clip"]), default=None)
+@friendly
+def models(pattern: str, source: str | None) -> None:
+    """List model names known offline (fnmatch PATTERN).
+
+    \b
+    Example:
+      fmprobe models 'timm:vit_small*'
+    """
+    from fmprobe.encoders import list_encoders
+
+    for name in list_encoders(pattern, source=source):
+        click.echo(name)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,87 @@
+"""Frozen image encoders: one factory (``create_encoder``), one lister (``list_encoders``).
+
+``--model`` strings are parsed by ``parse_model_name``; each source has a backend with the same
+interface (``Encoder.forward(x, layers, attn=...) -> EncoderOutput``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from fmprobe.encoders.base import Encoder, EncoderOutput, WeightsInfo, resolve_layers
+from fmprobe.encoders.pooling import POOLS, pool_tokens
+from fmprobe.encoders.spec import SOURCES, ModelSpec, parse_model_name
+
+__all__ = [
+    "POOLS",
+    "SOURCES",
+    "Encoder",
+    "EncoderOutput",
+    "ModelSpec",
+    "WeightsInfo",
+    "create_encoder",
+    "list_encoders",
+    "parse_model_name",
+    "pool_tokens",
+    "resolve_layers",
+]
+
+
+def create_encoder(
+    model: str | ModelSpec,
+    *,
+    weights: str | None = None,
+    random_init: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Encoder:
+    """Build a frozen encoder from a ``--model`` string.
+
+    Parameters
+    ----------
+    model : str or ModelSpec
+        ``timm:<name>``, ``open_clip:<arch>[/<pretrained>]`` or ``hf:<repo or local dir>``.
+    weights : path, optional
+        A local checkpoint (safetensors, or a state dict loadable with ``weights_only=True``).
+    random_init : bool
+        Build the architecture without pretrained weights (seeded, so identical everywhere).
+    model_kwargs : dict, optional
+        Passed to the library's factory (e.g. ``{"img_size": 64}`` for timm).
+
+    Examples
+    --------
+    >>> enc = create_encoder("timm:vit_tiny_patch16_224", random_init=True,
+    ...                      model_kwargs={"img_size": 32, "depth": 4})  # doctest: +SKIP
+    >>> enc.resolve_layers(None)  # doctest: +SKIP
+    (0, 1, 2, 3)
+    """
+    from fmprobe.encoders.hf_backend import HFEncoder
+    from fmprobe.encoders.open_clip_backend import OpenClipEncoder
+    from fmprobe.encoders.timm_backend import TimmEncoder
+
+    spec = model if isinstance(model, ModelSpec) else parse_model_name(model)
+    backends: dict[str, type[TimmEncoder | OpenClipEncoder | HFEncoder]] = {
+        "timm": TimmEncoder,
+        "open_clip": OpenClipEncoder,
+        "hf": HFEncoder,
+    }
+    backend = backends[spec.source]
+    return backend(spec, weights=weights, random_init=random_init, model_kwargs=model_kwargs)
+
+
+def list_encoders(filter: str = "", *, source: str | None = None) -> list[str]:
+    """List ``--model`` names known offline (timm and open_clip), filtered by an fnmatch pattern.
+
+    >>> "timm:vit_small_patch16_224" in list_encoders("timm:vit_small*")  # doctest: +SKIP
+    True
+    """
+    names: list[str] = []
+    if source in (None, "timm"):
+        import timm
+
+        names += [f"timm:{n}" for n in timm.list_models()]
+    if source in (None, "open_clip"):
+        import open_clip
+
+        names += [f"open_clip:{a}/{t}" for a, t in open_clip.list_pretrained()]
+    return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]

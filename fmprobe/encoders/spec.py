@@ -1,0 +1,78 @@
+"""``--model`` strings parsed in one place into a frozen ``ModelSpec``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fmprobe.errors import ModelError
+
+SOURCES = ("timm", "open_clip", "hf")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` string.
+
+    Attributes
+    ----------
+    source : {"timm", "open_clip", "hf"}
+    name : str
+        timm model name (with optional ``.tag``), open_clip architecture, or Hugging Face repo /
+        local directory.
+    pretrained : str or None
+        open_clip's pretrained tag or ``hf-hub:org/repo``; None for the other sources.
+    """
+
+    source: str
+    name: str
+    pretrained: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The canonical spec string, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``."""
+        tail = f"/{self.pretrained}" if self.pretrained else ""
+        return f"{self.source}:{self.name}{tail}"
+
+    @property
+    def key(self) -> str:
+        """The model's group name in the feature store, e.g. ``timm-vit_small_patch16_224``."""
+        body = self.name.rstrip("/").split("/")[-1] if self.source == "hf" else self.name
+        if self.source == "hf" and "/" in self.name and not self.name.startswith((".", "/")):
+            body = self.name.replace("/", "_")
+        if self.pretrained:
+            body = f"{body}-{self.pretrained.replace('hf-hub:', '')}"
+        return f"{self.source}-{_KEY_UNSAFE.sub('_', body)}"
+
+
+def parse_model_name(spec: str) -> ModelSpec:
+    """Parse ``timm:<name>``, ``open_clip:<arch>[/<tag or hf-hub:org/repo>]`` or ``hf:<repo>``.
+
+    Examples
+    --------
+    >>> parse_model_name("timm:vit_small_patch16_224.augreg_in21k")
+    ModelSpec(source='timm', name='vit_small_patch16_224.augreg_in21k', pretrained=None)
+    >>> parse_model_name("open_clip:ViT-B-32/laion2b_s34b_b79k").pretrained
+    'laion2b_s34b_b79k'
+    >>> parse_model_name("open_clip:hf-hub:org/repo").name
+    'hf-hub:org/repo'
+    """
+    source, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ModelError(
+            f"--model {spec!r} has no source prefix: expected one of "
+            f"{', '.join(s + ':<name>' for s in SOURCES)}, e.g. timm:vit_small_patch16_224"
+        )
+    if source not in SOURCES:
+        raise ModelError(
+            f"--model {spec!r}: unknown source {source!r}; valid sources are {', '.join(SOURCES)}"
+        )
+    if source == "open_clip":
+        if rest.startswith("hf-hub:"):
+            return ModelSpec(source, rest, None)
+        arch, _, pretrained = rest.partition("/")
+        if not arch:
+            raise ModelError(f"--model {spec!r}: missing the open_clip architecture name")
+        return ModelSpec(source, arch, pretrained or None)
+    return ModelSpec(source, rest, None)

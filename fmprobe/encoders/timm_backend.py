@@ -1,0 +1,212 @@
+"""timm encoders: layers through ``forward_intermediates``, the model's own data config."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmprobe.encoders.base import (
+    Encoder,
+    EncoderOutput,
+    WeightsInfo,
+    go_offline_if_unreachable,
+    load_weights,
+    offline_error,
+)
+from fmprobe.encoders.spec import ModelSpec
+from fmprobe.errors import ModelError, did_you_mean
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def build_timm_model(
+    spec: ModelSpec, *, pretrained: bool, model_kwargs: dict[str, Any]
+) -> nn.Module:
+    import timm
+
+    arch = spec.name.split(".")[0]
+    if not timm.is_model(arch):
+        raise ModelError(
+            f"--model {spec.text}: timm has no model {arch!r}"
+            f"{did_you_mean(arch, timm.list_models())}; list them with "
+            "`python -c \"import timm; print(timm.list_models('*vit*'))\"`"
+        )
+    if pretrained:
+        go_offline_if_unreachable()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # a random-init encoder is the same one in every process
+            model = timm.create_model(
+                spec.name, pretrained=pretrained, num_classes=0, **model_kwargs
+            )
+    except TypeError as exc:
+        raise ModelError(f"--model {spec.text}: bad model argument ({exc})") from None
+    except Exception as exc:
+        if not pretrained:
+            raise
+        if "No pretrained weights" in str(exc) or "Invalid pretrained tag" in str(exc):
+            raise ModelError(
+                f"--model {spec.text}: timm has no pretrained weights under that name "
+                f"({exc}); pass --weights PATH or --random-init"
+            ) from None
+        raise offline_error(spec, exc) from None
+    if not hasattr(model, "forward_intermediates"):
+        raise ModelError(
+            f"--model {spec.text}: this timm model has no forward_intermediates(), so its layers "
+            "cannot be taken reliably; choose another architecture"
+        )
+    return model.eval().requires_grad_(False)
+
+
+def map_head_weights(pool: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Attention weights (B, N) of a timm ``AttentionPoolLatent`` (MAP / SigLIP head) over
+    ``tokens`` (B, N, D), averaged over heads and latent queries."""
+    B, N, _ = tokens.shape
+    x = tokens if pool.pos_embed is None else tokens + pool.pos_embed.unsqueeze(0).to(tokens)
+    q = pool.q(pool.latent.expand(B, -1, -1))
+    q = q.reshape(B, pool.latent_len, pool.num_heads, pool.head_dim).transpose(1, 2)
+    k = pool.kv(x).reshape(B, N, 2, pool.num_heads, pool.head_dim).permute(2, 0, 3, 1, 4)[0]
+    q, k = pool.q_norm(q), pool.k_norm(k)
+    attn = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return attn.mean(dim=(1, 2))
+
+
+def block_cls_attention(block: Any, seq: torch.Tensor) -> torch.Tensor:
+    """Class-token attention (B, N) of a timm ViT block over its input ``seq`` (B, N, D),
+    averaged over heads: row 0 of softmax(q kᵀ · scale) after the block's ``norm1``."""
+    attn_mod = block.attn
+    B, N, _ = seq.shape
+    h = block.norm1(seq)
+    qkv = attn_mod.qkv(h).reshape(B, N, 3, attn_mod.num_heads, attn_mod.head_dim)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    attn = ((q[:, :, :1] * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return attn.mean(dim=1)[:, 0]
+
+
+def count_blocks(model: Any, input_size: Sequence[int]) -> int:
+    """Number of blocks ``forward_intermediates`` can return, from one tiny dummy forward."""
+    with torch.no_grad():
+        out = model.forward_intermediates(
+            torch.zeros(1, *input_size), indices=None, intermediates_only=True
+        )
+    feats = out["image_intermediates"] if isinstance(out, dict) else out
+    return len(feats)
+
+
+def renormalise(weights: torch.Tensor) -> torch.Tensor:
+    return weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+class TimmTrunk:
+    """Token extraction from a timm model (also used for open_clip's timm-based towers)."""
+
+    def __init__(self, model: Any, input_size: Sequence[int]) -> None:
+        from timm.layers import Attention, AttentionPoolLatent
+
+        self.model: Any = model
+        params = inspect.signature(model.forward_intermediates).parameters
+        self.tokens_model = "return_prefix_tokens" in params
+        self.num_prefix = int(getattr(model, "num_prefix_tokens", 0)) if self.tokens_model else 0
+        self.has_cls = self.tokens_model and getattr(model, "cls_token", None) is not None
+        self.num_layers = count_blocks(model, input_size)
+        pool = getattr(model, "attn_pool", None)
+        blocks = getattr(model, "blocks", None)
+        self.attn_source: str | None = None
+        if isinstance(pool, AttentionPoolLatent):
+            self.attn_source = "map_head"
+        elif (
+            self.has_cls
+            and self.num_layers >= 2
+            and isinstance(blocks, nn.Sequential)
+            and len(blocks) == self.num_layers
+            and isinstance(getattr(blocks[-1], "attn", None), Attention)
+        ):
+            self.attn_source = "last_block_cls_attention"
+
+    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
+        source = self.attn_source if attn else None
+        wanted = set(layers)
+        if source == "last_block_cls_attention":
+            wanted.add(self.num_layers - 2)
+        indices = sorted(wanted)
+        need_final = source == "map_head"
+        kwargs: dict[str, Any] = {
+            "indices": indices,
+            "intermediates_only": not need_final,
+            "stop_early": not need_final,
+        }
+        if self.tokens_model:
+            kwargs["return_prefix_tokens"] = True
+        result = self.model.forward_intermediates(x, **kwargs)
+        final, inter = result if need_final else (None, result)
+        by_layer: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for i, t in zip(indices, inter, strict=True):
+            spatial, prefix = t if isinstance(t, tuple) else (t, None)
+            by_layer[i] = (spatial.flatten(2).transpose(1, 2), prefix)
+        patch = [by_layer[i][0] for i in layers]
+        cls: list[torch.Tensor | None] = []
+        for i in layers:
+            prefix = by_layer[i][1]
+            cls.append(prefix[:, 0] if self.has_cls and prefix is not None else None)
+        weights = None
+        if source == "map_head":
+            assert final is not None
+            weights = map_head_weights(self.model.attn_pool, final)
+        elif source == "last_block_cls_attention":
+            tokens, prefix = by_layer[self.num_layers - 2]
+            seq = torch.cat([prefix, tokens], dim=1) if prefix is not None else tokens
+            weights = block_cls_attention(self.model.blocks[-1], seq)
+        if weights is not None:
+            weights = renormalise(weights[:, self.num_prefix :].float())
+        return EncoderOutput(patch=patch, cls=cls, attn=weights)
+
+
+class TimmEncoder(Encoder):
+    """``timm:<name>[.<tag>]``."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        weights: str | None = None,
+        random_init: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        import timm.data
+
+        model_kwargs = dict(model_kwargs or {})
+        pretrained = weights is None and not random_init
+        model: Any = build_timm_model(spec, pretrained=pretrained, model_kwargs=model_kwargs)
+        if weights is not None:
+            self.weights = load_weights(model, weights)
+        elif random_init:
+            self.weights = WeightsInfo("random-init", "torch.manual_seed(0)")
+        else:
+            cfg = model.pretrained_cfg
+            self.weights = WeightsInfo(
+                "pretrained", str(cfg.get("hf_hub_id") or cfg.get("url") or spec.name)
+            )
+        data_cfg = timm.data.resolve_model_data_config(model)
+        if "img_size" in model_kwargs:
+            size = model_kwargs["img_size"]
+            h, w = (size, size) if isinstance(size, int) else size
+            data_cfg["input_size"] = (3, h, w)
+        self.spec = spec
+        self.model: Any = model
+        self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+        self.preprocess = {"library": "timm", **_jsonable(data_cfg)}
+        self.trunk = TimmTrunk(model, data_cfg["input_size"])
+        self.num_layers = self.trunk.num_layers
+        self.cls_source = "class_token" if self.trunk.has_cls else "global_average"
+        self.attn_source = self.trunk.attn_source
+        self.extra = {"model_kwargs": model_kwargs, "num_prefix_tokens": self.trunk.num_prefix}
+
+    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
+        return self.trunk.forward(x, layers, attn=attn)

@@ -1,0 +1,223 @@
+"""The feature store: one Zarr v3 group per dataset, one sub-group per model.
+
+Layout (documented in the README; readable with ``zarr.open_group`` alone)::
+
+    STORE/                       attrs["fmprobe"] = {"format_version", "dataset": {...}}
+      samples/id                 (N,) str      sample ids, the row order of every feature
+      samples/<column>           (N,)          labels and metadata
+      <model>/                   attrs["fmprobe"] = {"kind": "model", model spec, layers, ...}
+        _done                    (n_chunks,) bool  resume ledger, one chunk per entry
+        _error                   (N,) str      "" or why the image could not be read
+        block<i>/cls|mean|attn   (N, D)        pooled features (NaN rows: unreadable images)
+        block<i>/tokens          (N, P, D)     patch tokens, float16 (``--tokens``)
+      <imported name>            (N, D)        features brought in by ``store import``
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from fmprobe.errors import StoreError, did_you_mean
+
+FORMAT_VERSION = 1
+ATTR = "fmprobe"
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature of a store, as listed by ``fmprobe store info``."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    model: str | None  # the model group, None for imported features
+    layer: int | None
+    pool: str | None
+    imported: bool
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "model": self.model,
+            "layer": self.layer,
+            "pool": self.pool,
+            "imported": self.imported,
+            "complete": self.complete,
+        }
+
+
+class FeatureStore:
+    """A handle on a feature store directory (or fsspec URL).
+
+    Use ``open_store`` / ``create_store`` rather than the constructor.
+    """
+
+    def __init__(self, root: zarr.Group, path: str) -> None:
+        self.root = root
+        self.path = path
+
+    # --- dataset-level ------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.root.attrs.get(ATTR, {}))
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta.get("dataset", {}).get("fingerprint", ""))
+
+    @property
+    def n(self) -> int:
+        return int(self.root["samples/id"].shape[0])
+
+    @property
+    def ids(self) -> np.ndarray:
+        return read_strings(self.root["samples/id"])
+
+    def samples(self) -> pd.DataFrame:
+        """The ``id``, label and metadata columns, one row per sample, in store order."""
+        group = self.root["samples"]
+        assert isinstance(group, zarr.Group)
+        order = list(group.attrs.get(ATTR, {}).get("columns", {}))
+        data = {"id": self.ids}
+        for name in order:
+            if name != "id":
+                arr = group[name]
+                data[name] = read_strings(arr) if arr.dtype.kind == "T" else np.asarray(arr[:])
+        return pd.DataFrame(data)
+
+    # --- features -----------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        return sorted(
+            name for name, g in self.root.groups() if g.attrs.get(ATTR, {}).get("kind") == "model"
+        )
+
+    def model_meta(self, model: str) -> dict[str, Any]:
+        return dict(self.root[model].attrs.get(ATTR, {}))
+
+    def model_complete(self, model: str) -> bool:
+        return bool(np.all(self.root[f"{model}/_done"][:]))
+
+    def features(self) -> list[FeatureInfo]:
+        out = []
+        complete = {m: self.model_complete(m) for m in self.models()}
+        for key, node in self.root.members(max_depth=None):
+            meta = node.attrs.get(ATTR, {})
+            if not isinstance(node, zarr.Array) or meta.get("kind") != "feature":
+                continue
+            model = meta.get("model")
+            out.append(
+                FeatureInfo(
+                    key=key,
+                    shape=tuple(int(s) for s in node.shape),
+                    dtype=str(node.dtype),
+                    model=model,
+                    layer=meta.get("layer"),
+                    pool=meta.get("pool"),
+                    imported=bool(meta.get("imported", False)),
+                    complete=complete.get(model, True) if model else True,
+                )
+            )
+        return sorted(out, key=lambda f: f.key)
+
+    def feature(self, key: str) -> zarr.Array:
+        """The array of feature ``key``; a clear error for unknown or unfinished features."""
+        known = {f.key: f for f in self.features()}
+        if key not in known:
+            raise StoreError(
+                f"feature {key!r} is not in {self.path}{did_you_mean(key, known)}; "
+                f"list them with `fmprobe store info {self.path}`"
+            )
+        if not known[key].complete:
+            raise StoreError(
+                f"feature {key!r} is not finished (its embed run stopped part-way); "
+                "rerun the same `fmprobe embed` command to complete it"
+            )
+        arr = self.root[key]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    def read_feature(self, key: str) -> np.ndarray:
+        """Load feature ``key`` as a numpy array (rows in store order)."""
+        return np.asarray(self.feature(key)[...])
+
+    def errors(self, model: str) -> pd.DataFrame:
+        """Rows of ``model`` whose image could not be read: columns ``id`` and ``reason``."""
+        err = read_strings(self.root[f"{model}/_error"])
+        bad = np.flatnonzero(err != "")
+        return pd.DataFrame({"id": self.ids[bad], "reason": err[bad]})
+
+
+def read_strings(array: zarr.Array) -> np.ndarray:
+    """A Zarr string array as a fixed-width numpy ``str`` array (via object: numpy's
+    variable-width StringDType does not cast to ``str`` directly)."""
+    return np.asarray(array[...], dtype=object).astype(str)
+
+
+def _write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
+    group = root.create_group("samples", overwrite=True)
+    columns: dict[str, str] = {}
+    n = len(table)
+    chunk = max(1, min(n, 65536))
+    for name in table.columns:
+        col = table[name]
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            values = col.to_numpy()
+            if values.dtype == object:
+                values = values.astype(np.float64)
+        else:
+            values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
+        dtype: Any = str if values.dtype.kind == "U" else values.dtype
+        arr = group.create_array(str(name), shape=(n,), chunks=(chunk,), dtype=dtype)
+        arr[:] = values
+        columns[str(name)] = str(col.dtype)
+    group.attrs[ATTR] = {"columns": columns}
+
+
+def create_store(
+    path: str | Path, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool = False
+) -> FeatureStore:
+    """Create a store for a dataset (``table``: ``id`` first, then labels and metadata)."""
+    from fmprobe import __version__
+
+    path = str(path)
+    if overwrite and Path(path).exists():
+        shutil.rmtree(path)
+    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    _write_samples(root, table)
+    root.attrs[ATTR] = {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"fmprobe {__version__}",
+        "dataset": dataset,
+    }
+    return FeatureStore(root, path)
+
+
+def open_store(path: str | Path, *, mode: str = "r") -> FeatureStore:
+    """Open an existing store; a clear error when ``path`` is not one."""
+    path = str(path)
+    if "://" not in path and not Path(path).exists():
+        raise StoreError(
+            f"no feature store at {path!r}; create one with `fmprobe embed --store {path} ...` "
+            "or `fmprobe store import`"
+        )
+    try:
+        root = zarr.open_group(path, mode=mode)
+    except Exception as exc:
+        raise StoreError(f"{path!r} is not a Zarr group ({exc}); pass a feature store") from None
+    if ATTR not in root.attrs or "samples" not in root:
+        raise StoreError(f"{path!r} is a Zarr group but not an fmprobe feature store")
+    return FeatureStore(root, path)
+
+
+def store_exists(path: str | Path) -> bool:
+    return (Path(str(path)) / "zarr.json").exists()

@@ -1,0 +1,205 @@
+"""Features computed elsewhere in (``store import``) and out (``store export``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmprobe.errors import StoreError, UsageError
+from fmprobe.store.core import ATTR, FeatureStore, create_store, open_store, store_exists
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
+
+
+def _read_matrix(path: Path, dataset: str | None) -> np.ndarray:
+    if not path.is_file():
+        raise UsageError(f"--features {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            arrays = {k: v for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim >= 2}
+            if dataset is None:
+                if len(arrays) != 1:
+                    raise UsageError(
+                        f"--features {str(path)!r} holds {len(arrays)} 2-D datasets "
+                        f"({', '.join(arrays) or 'none'}); name one with --dataset"
+                    )
+                dataset = next(iter(arrays))
+            if dataset not in arrays:
+                raise UsageError(f"--dataset {dataset!r} not in {path}; it has {list(arrays)}")
+            return np.asarray(arrays[dataset][...])
+    raise UsageError(f"--features {str(path)!r}: expected a .npy or .h5/.hdf5 file")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table (ids as strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"table {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            table = pd.read_parquet(path)
+        elif path.suffix in (".csv", ".tsv"):
+            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        else:
+            raise UsageError(f"table {str(path)!r}: expected .csv, .tsv or .parquet")
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot read table {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    if "id" not in table.columns:
+        raise UsageError(f"table {str(path)!r} has no 'id' column (columns: {list(table.columns)})")
+    table["id"] = table["id"].astype(str)
+    return table
+
+
+def import_features(
+    store: str | Path,
+    *,
+    name: str,
+    features: str | Path,
+    labels: str | Path,
+    dataset: str | None = None,
+    overwrite: bool = False,
+) -> FeatureStore:
+    """Bring embeddings computed elsewhere into ``store`` as feature ``name``.
+
+    ``labels`` is a table whose rows match the matrix rows; its ``id`` column names them and its
+    other columns become labels/metadata. A new store is created if ``store`` does not exist;
+    otherwise the ids must be the store's (in any order) and rows are reordered to match.
+    """
+    if not name or set(name) - _NAME_OK or name.startswith(("/", "_", "samples")):
+        raise UsageError(
+            f"--name {name!r}: use letters, digits, '.', '_', '-' and '/' (e.g. uni/last/cls); "
+            "it may not start with '_', '/' or 'samples'"
+        )
+    matrix = _read_matrix(Path(features), dataset)
+    table = read_table(labels)
+    if matrix.ndim not in (2, 3) or matrix.shape[0] != len(table):
+        raise UsageError(
+            f"--features has shape {matrix.shape} but --labels has {len(table)} rows; "
+            "the matrix must be (rows, dim) with one row per table row"
+        )
+    dup = table["id"][table["id"].duplicated()]
+    if len(dup):
+        raise UsageError(f"--labels has {len(dup)} duplicate ids (first: {dup.iloc[0]!r})")
+    sha = hashlib.sha256(np.ascontiguousarray(matrix).tobytes()).hexdigest()
+    if not store_exists(store):
+        digest = hashlib.sha256(
+            pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()
+        ).hexdigest()
+        fs = create_store(
+            store,
+            table=table,
+            dataset={
+                "fingerprint": digest,
+                "kind": "imported",
+                "spec": str(labels),
+                "n": len(table),
+            },
+        )
+        order = np.arange(len(table))
+    else:
+        fs = open_store(store, mode="a")
+        ids = fs.ids
+        pos = pd.Series(np.arange(len(table)), index=table["id"].to_numpy())
+        missing = set(ids) - set(pos.index)
+        extra = set(pos.index) - set(ids)
+        if missing or extra:
+            raise StoreError(
+                f"--labels ids do not match the store's {len(ids)} samples "
+                f"({len(missing)} missing, {len(extra)} not in the store); "
+                "import into a new store or fix the table"
+            )
+        order = pos.loc[ids].to_numpy()
+    if name in fs.root:
+        if not overwrite:
+            raise StoreError(
+                f"{name!r} already exists in {fs.path}; pass --overwrite to replace it"
+            )
+        del fs.root[name]
+    data = matrix[order]
+    arr = fs.root.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=(min(len(data), 4096), *data.shape[1:])
+    )
+    arr[...] = data
+    arr.attrs[ATTR] = {
+        "kind": "feature",
+        "imported": True,
+        "source": str(Path(features).resolve()),
+        "sha256": sha,
+        "model": None,
+        "layer": None,
+        "pool": None,
+    }
+    return fs
+
+
+def export_feature(
+    store: str | Path, *, key: str, out: str | Path, table: str | Path | None = None
+) -> Path:
+    """Write feature ``key`` to ``out`` (.npy, or .h5 with ``ids`` and the sample columns);
+    ``table`` optionally writes the samples table (CSV/Parquet) beside a .npy."""
+    fs = open_store(store)
+    data = fs.read_feature(key)
+    out = Path(out)
+    samples = fs.samples()
+    if out.suffix == ".npy":
+        np.save(out, data)
+    elif out.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(out, "w") as f:
+            f.create_dataset("features", data=data)
+            for col in samples.columns:
+                values = samples[col].to_numpy()
+                if values.dtype.kind in "UOT":
+                    f.create_dataset(col if col != "id" else "ids", data=values.astype("S"))
+                else:
+                    f.create_dataset(col, data=values)
+            f.attrs["feature"] = key
+    else:
+        raise UsageError(f"--out {str(out)!r}: expected a .npy or .h5/.hdf5 file")
+    if table is not None:
+        table = Path(table)
+        if table.suffix == ".parquet":
+            samples.to_parquet(table, index=False)
+        else:
+            samples.to_csv(table, index=False)
+    return out
+
+
+def store_info(store: str | Path) -> dict[str, Any]:
+    """A JSON-able summary: dataset, columns, models (complete or not) and features."""
+    fs = open_store(store)
+    models = []
+    for m in fs.models():
+        meta = fs.model_meta(m)
+        done = np.asarray(fs.root[f"{m}/_done"][:])
+        models.append(
+            {
+                "key": m,
+                "spec": meta.get("model", {}).get("spec"),
+                "weights": meta.get("model", {}).get("weights"),
+                "layers": meta.get("layers"),
+                "pools": meta.get("pools"),
+                "chunks_done": int(done.sum()),
+                "chunks": int(done.size),
+                "unreadable": len(fs.errors(m)),
+            }
+        )
+    return {
+        "path": fs.path,
+        "n_samples": fs.n,
+        "dataset": fs.meta.get("dataset", {}),
+        "columns": [c for c in fs.samples().columns if c != "id"],
+        "models": models,
+        "features": [f.to_dict() for f in fs.features()],
+    }

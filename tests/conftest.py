@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random-init models of every source, saved locally (no model hub)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Never reach for a model hub from the tests, whatever network the machine has.
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 32, "num_heads": 2}
+TINY_SIGLIP = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
+
+
+def gpu_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not gpu_available():
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny DINOv2 (class token) and a tiny SigLIP vision tower (MAP head), saved with
+    their image processors, as a user's local model directories."""
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("hf")
+    common = {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(**common)).save_pretrained(root / "dino")
+    BitImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(root / "dino")
+    SiglipVisionModel(SiglipVisionConfig(**common)).save_pretrained(root / "siglip")
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "siglip")
+    return {"dino": root / "dino", "siglip": root / "siglip"}
