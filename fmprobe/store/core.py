@@ -127,7 +127,16 @@ class FeatureStore:
                     complete=complete.get(model, True) if model else True,
                 )
             )
-        return sorted(out, key=lambda f: f.key)
+        pool_order = {"cls": 0, "mean": 1, "attn": 2, "tokens": 3}
+        return sorted(
+            out,
+            key=lambda f: (
+                f.model or f.key,
+                f.layer if f.layer is not None else -1,
+                pool_order.get(f.pool or "", 9),
+                f.key,
+            ),
+        )
 
     def feature(self, key: str) -> zarr.Array:
         """The array of feature ``key``; a clear error for unknown or unfinished features."""
