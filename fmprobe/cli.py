@@ -53,6 +53,47 @@ def _json_option(value: str | None, name: str) -> dict[str, Any]:
     return parsed
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """``--config FILE.yaml``: its keys are the command's option names (``batch_size`` or
+    ``batch-size``); they become the defaults, so flags on the command line still win."""
+    if not value:
+        return
+    import yaml
+
+    try:
+        with open(value) as f:
+            loaded = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(2, f"--config {value!r} cannot be read ({str(exc).splitlines()[0]})")
+    if not isinstance(loaded, dict):
+        _fail(2, f"--config {value!r} must hold a mapping of option names to values")
+    known = {p.name for p in ctx.command.params if p.name}
+    config = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        from fmprobe.errors import did_you_mean
+
+        _fail(
+            2, f"--config {value!r}: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}"
+        )
+    for k, v in config.items():
+        if isinstance(v, (list, tuple)):
+            config[k] = ",".join(str(x) for x in v)
+        elif isinstance(v, dict):
+            config[k] = json.dumps(v)
+    ctx.default_map = {**(ctx.default_map or {}), **config}
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="YAML file of option values (names as the flags); flags given on the line win.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="fmprobe")
 def main() -> None:
@@ -134,6 +175,7 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 @friendly
 def embed(**opts: Any) -> None:
     """Embed a dataset with a frozen encoder into the feature store.
@@ -142,6 +184,7 @@ def embed(**opts: Any) -> None:
     Example:
       fmprobe embed --data builtin:digits --model timm:vit_tiny_patch16_224 \\
           --random-init --store digits.zarr
+      fmprobe embed --config configs/embed-digits.yaml --store other.zarr
     """
     from fmprobe.embed import embed as run_embed
 

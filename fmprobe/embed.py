@@ -339,7 +339,7 @@ def embed(
                 f"{key!r} already exists in {store!r} with other settings ({', '.join(diff)}); "
                 "pass --name to store this run beside it, or --overwrite to replace it"
             )
-        if old != request:
+        if overwrite:
             group = None
     n = fs.n
     n_chunks = -(-n // chunk_rows)

@@ -297,3 +297,41 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], wo
 def test_store_info_on_a_missing_store(tmp_path: Path) -> None:
     proc = run_cli("store", "info", str(tmp_path / "nope.zarr"))
     assert proc.returncode == 2 and "no feature store" in proc.stderr
+
+
+def test_config_file_equals_the_flags(tmp_path: Path) -> None:
+    import yaml
+
+    flags, conf = tmp_path / "flags.zarr", tmp_path / "conf.zarr"
+    cfg = {"data": "builtin:digits", "model": MODEL, "random_init": True, "model_kwargs": TINY_VIT,
+           "layers": [1, -1], "pools": ["mean"], "chunk_rows": 512, "num_workers": 0, "quiet": True}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run_cli("embed", "--config", str(tmp_path / "c.yaml"), "--store", str(conf), check=True)
+    run_cli("embed", "--data", "builtin:digits", "--model", MODEL, "--random-init", "--model-kwargs", KW,
+            "--layers", "1,-1", "--pools", "mean", "--chunk-rows", "512", "--num-workers", "0", "--quiet",
+            "--store", str(flags), check=True)  # fmt: skip
+    a, b = open_store(flags), open_store(conf)
+    assert (
+        [f.key for f in a.features()]
+        == [f.key for f in b.features()]
+        == [f"{KEY}/block1/mean", f"{KEY}/block3/mean"]
+    )
+    np.testing.assert_array_equal(
+        a.read_feature(f"{KEY}/block3/mean"), b.read_feature(f"{KEY}/block3/mean")
+    )
+    (tmp_path / "bad.yaml").write_text("batch_sise: 3\n")
+    proc = run_cli("embed", "--config", str(tmp_path / "bad.yaml"), "--store", str(conf))
+    assert proc.returncode == 2 and "did you mean 'batch_size'" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_features_match_cpu(tmp_path: Path) -> None:
+    common: dict[str, Any] = dict(data="builtin:digits", model=MODEL, random_init=True, model_kwargs=TINY_VIT,
+                                  num_workers=2, progress=False)  # fmt: skip
+    embed(store=str(tmp_path / "cpu.zarr"), device="cpu", **common)
+    embed(store=str(tmp_path / "gpu.zarr"), device="cuda", amp=False, **common)
+    a, b = open_store(tmp_path / "cpu.zarr"), open_store(tmp_path / "gpu.zarr")
+    for f in a.features():
+        np.testing.assert_allclose(
+            a.read_feature(f.key), b.read_feature(f.key), rtol=1e-3, atol=1e-4
+        )
