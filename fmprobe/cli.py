@@ -212,6 +212,95 @@ def embed(**opts: Any) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2))
 
 
+@main.command()
+@click.option("--store", required=True, help="The feature store.")
+@click.option(
+    "--out", required=True, help="The results table (Parquet); <out>.parts/ is the resume ledger."
+)
+@click.option(
+    "--features",
+    default="*",
+    show_default=True,
+    help="Feature keys, comma lists or globs (e.g. '*/block11/cls').",
+)
+@click.option(
+    "--tasks", default="label", show_default=True, help="Label columns of the store or of --labels."
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="CSV/Parquet table joined on `id` (multi-label tasks; missing labels masked).",
+)
+@click.option(
+    "--probe", default="logreg", show_default=True, help="Comma list of logreg, ridge, knn."
+)
+@click.option(
+    "--sampler", default="random", show_default=True, help="How training subsets are drawn."
+)
+@click.option(
+    "--n",
+    "n",
+    default="10,20,50,100,all",
+    show_default=True,
+    help="Label counts; 'all' = the whole training pool.",
+)
+@click.option("--seeds", default=5, show_default=True, type=int, help="Seeds per label count.")
+@click.option(
+    "--C",
+    "C",
+    default="1.0",
+    show_default=True,
+    help="Inverse regularisation, or 'auto' (k-fold CV over a grid).",
+)
+@click.option("--folds", default=5, show_default=True, type=int, help="Folds for --C auto.")
+@click.option("--knn-k", default="1,5,20", show_default=True, help="k values of the kNN probe.")
+@click.option("--split-col", default=None, help="Column with values train/test.")
+@click.option("--test-frac", default=0.25, show_default=True, type=float)
+@click.option("--group-col", default=None, help="Group (patient) column: no group on both sides.")
+@click.option("--split-seed", default=0, show_default=True, type=int)
+@click.option(
+    "--standardize", is_flag=True, help="z-score features with each subsample's statistics."
+)
+@click.option("--l2-normalize", is_flag=True, help="Scale each feature row to unit norm.")
+@click.option("--max-iter", default=500, show_default=True, type=int)
+@click.option("--tol", default=1e-6, show_default=True, type=float)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option(
+    "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
+@friendly
+def sweep(**opts: Any) -> None:
+    """Fit probes over features × tasks × label counts × seeds; results to Parquet.
+
+    \b
+    Example:
+      fmprobe sweep --store digits.zarr --out results.parquet \\
+          --features '*/block11/cls' --n 10,20,50,100,all --seeds 5
+    """
+    import warnings
+
+    from fmprobe.sweep import sweep as run_sweep
+
+    as_json, quiet = opts.pop("as_json"), opts.pop("quiet")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("ignore")
+        report = run_sweep(**opts, progress=not quiet)
+    done = report.units_done_before
+    resumed = f", {done} units already done" if done else ""
+    click.echo(
+        f"sweep: {report.probes_fitted} probes in {report.seconds:.1f} s "
+        f"({report.probes_per_second:.0f} probes/s){resumed}; {report.rows} rows in {report.out}",
+        err=True,
+    )
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps({**report.__dict__, "probes_per_second": report.probes_per_second}))
+
+
 @main.group()
 def store() -> None:
     """Inspect, import into and export from a feature store."""

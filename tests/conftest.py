@@ -10,7 +10,6 @@ import torch
 
 # Never reach for a model hub from the tests, whatever network the machine has.
 os.environ["HF_HUB_OFFLINE"] = "1"
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 32, "num_heads": 2}
 TINY_SIGLIP = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}

@@ -1,33 +1,42 @@
 """Dataset readers against independent references: sklearn's digits, hand-computed scaling and
-DICOM windowing, files the tests write with PIL, pydicom, h5py and numpy."""
+DICOM windowing, files the tests write with PIL, pydicom, h5py, pandas and numpy."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from fmprobe.data import parse_data, read_image
+from fmprobe.data import Dataset, parse_data, read_image
 from fmprobe.errors import DataError, ImageReadError
 
 
 def rgb(img: Image.Image) -> np.ndarray:
+    """The grey channel of an RGB image whose three channels are equal, as int."""
     assert img.mode == "RGB"
     a = np.asarray(img)
     np.testing.assert_array_equal(a[..., 0], a[..., 1])
+    np.testing.assert_array_equal(a[..., 0], a[..., 2])
     return a[..., 0].astype(int)
 
 
 def by_hand(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return np.rint(np.clip((values - lo) / (hi - lo), 0, 1) * 255).astype(int)
+    """The linear map lo..hi → 0..255, written out independently of the package."""
+    return np.rint(np.clip((np.asarray(values, float) - lo) / (hi - lo), 0, 1) * 255).astype(int)
 
 
-# --- images -----------------------------------------------------------------------------------
+# --- builtin -----------------------------------------------------------------------------------
 
 
 def test_builtin_digits_equal_sklearn() -> None:
@@ -35,111 +44,303 @@ def test_builtin_digits_equal_sklearn() -> None:
 
     ref = load_digits()
     ds = parse_data("builtin:digits")
-    assert len(ds) == 1797 and list(ds.table.columns) == ["id", "label"]
+    assert ds.kind == "builtin" and len(ds) == 1797
+    assert list(ds.table.columns) == ["id", "label"]
+    assert ds.ids[0] == "digits-0000" and ds.ids[-1] == "digits-1796"
     np.testing.assert_array_equal(ds.table["label"], ref.target)
-    for i in (0, 5, 1796):
-        np.testing.assert_array_equal(rgb(ds.load(i)), np.rint(ref.images[i] * 255 / 16))
+    for i in range(len(ds)):
+        img = ds.load(i)
+        assert img.size == (8, 8)
+        np.testing.assert_array_equal(rgb(img), np.rint(ref.images[i] * 255 / 16))
 
 
-def test_16bit_png_and_tiff_use_the_full_range(tmp_path: Path) -> None:
-    ramp = np.tile(np.linspace(100, 4095, 64).astype(np.uint16), (16, 1))  # 12-bit data
+# --- PNG / JPEG / TIFF -------------------------------------------------------------------------
+
+
+def test_16bit_png_ramp_uses_the_full_range(tmp_path: Path) -> None:
+    ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (4, 1))  # 12-bit data, 0..4080
+    ramp[0, 0], ramp[-1, -1] = 0, 4095
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode == "I;16"  # really written as 16 bits
+    got = rgb(read_image(tmp_path / "a.png"))
+    expected = np.rint(ramp.astype(float) * 255.0 / 4095.0)  # min 0, max 4095
+    assert np.abs(got - expected).max() <= 1
+    assert got.max() == 255 and got.min() == 0
+    assert (got == 255).mean() < 0.02  # not saturated
+    assert 100 < got.mean() < 155  # not dark
+
+
+def test_16bit_png_and_tiff_scale_from_their_own_min(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(100, 4095, 64).astype(np.uint16), (16, 1))
     Image.fromarray(ramp).save(tmp_path / "a.png")
     Image.fromarray(ramp).save(tmp_path / "a.tif")
+    with Image.open(tmp_path / "a.tif") as im:
+        assert im.mode == "I;16"
     for name in ("a.png", "a.tif"):
         got = rgb(read_image(tmp_path / name))
-        assert np.abs(got - by_hand(ramp.astype(float), 100, 4095)).max() <= 1
-        assert got.min() == 0 and got.max() == 255  # neither dark nor saturated
+        assert np.abs(got - by_hand(ramp, 100, 4095)).max() <= 1
+        assert got.min() == 0 and got.max() == 255
 
 
-def test_8bit_png_and_jpeg(tmp_path: Path) -> None:
+def test_32bit_and_float_tiff(tmp_path: Path) -> None:
+    values = np.linspace(-3.5, 12.0, 40, dtype=np.float32).reshape(5, 8)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    got = rgb(read_image(tmp_path / "f.tif"))
+    assert np.abs(got - by_hand(values, -3.5, 12.0)).max() <= 1
+    ints = (np.arange(40, dtype=np.int32).reshape(5, 8) - 20) * 100_000
+    Image.fromarray(ints).save(tmp_path / "i.tif")
+    got = rgb(read_image(tmp_path / "i.tif"))
+    assert np.abs(got - by_hand(ints, ints.min(), ints.max())).max() <= 1
+
+
+def test_constant_16bit_image_maps_to_zero(tmp_path: Path) -> None:
+    Image.fromarray(np.full((6, 6), 1234, np.uint16)).save(tmp_path / "c.png")
+    assert rgb(read_image(tmp_path / "c.png")).max() == 0
+
+
+def test_8bit_images_are_left_as_they_are(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    img = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
-    Image.fromarray(img).save(tmp_path / "a.png")
-    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "a.png")), img)
+    colour = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "rgb.png")), colour)
+    grey = rng.integers(10, 60, (12, 9), dtype=np.uint8)  # a narrow range: not stretched
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(rgb(read_image(tmp_path / "grey.png")), grey)
+    rgba = np.dstack([colour, np.full((20, 30), 7, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "rgba.png")), colour)
+    palette = Image.fromarray(grey).convert("P")
+    palette.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(
+        np.asarray(read_image(tmp_path / "p.png")), np.asarray(palette.convert("RGB"))
+    )
+
+
+def test_jpeg_within_tolerance(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
     smooth = np.kron(rng.integers(0, 255, (4, 4), dtype=np.uint8), np.ones((8, 8), np.uint8))
     Image.fromarray(smooth).save(tmp_path / "a.jpg", quality=95)
     assert np.abs(rgb(read_image(tmp_path / "a.jpg")) - smooth.astype(int)).mean() < 3
+    colour = np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    Image.fromarray(colour).save(tmp_path / "c.jpeg", quality=95, subsampling=0)
+    got = np.asarray(read_image(tmp_path / "c.jpeg")).astype(int)
+    assert got.shape == (32, 32, 3) and np.abs(got - colour).mean() < 3
+    with Image.open(tmp_path / "c.jpeg") as im:  # exactly PIL's own decoding
+        np.testing.assert_array_equal(got, np.asarray(im.convert("RGB")))
+
+
+# --- DICOM -------------------------------------------------------------------------------------
 
 
 def write_dicom(
-    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements: object
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    implicit: bool = False,
+    **elements: Any,
 ) -> None:
+    """A Part 10 file written with pydicom: grey uint16/int16 (2-D, or 3-D for frames) or RGB."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
+    ds.Modality = "OT"
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    for k, v in elements.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    if photometric == "RGB":
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        if pixels.ndim == 3:
+            ds.NumberOfFrames = pixels.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = int(pixels.dtype == np.int16)
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
-def test_dicom_rescale_window_and_monochrome1(tmp_path: Path) -> None:
-    pixels = np.tile(np.arange(0, 4000, 50, dtype=np.uint16), (8, 1))
-    write_dicom(tmp_path / "a.dcm", pixels, RescaleSlope=2, RescaleIntercept=-1024,
-                WindowCenter=1000, WindowWidth=2001)  # fmt: skip
-    hu = pixels * 2.0 - 1024
-    # DICOM linear window: (x - (c - 0.5)) / (w - 1) + 0.5, clipped to [0, 1]
-    expected = np.rint(np.clip((hu - 999.5) / 2000 + 0.5, 0, 1) * 255).astype(int)
+RAMP = np.tile(np.arange(0, 4000, 50, dtype=np.uint16), (8, 1))
+HU = RAMP * 2.0 - 1024  # RescaleSlope 2, RescaleIntercept -1024
+RESCALE: dict[str, Any] = {"RescaleSlope": 2, "RescaleIntercept": -1024}
+
+
+def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1: (x - (c - 0.5)) / (w - 1) + 0.5, clipped to [0, 1], to 0..255."""
+    return np.rint(np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255).astype(int)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_dicom_rescale_then_window(tmp_path: Path, implicit: bool) -> None:
+    write_dicom(tmp_path / "a.dcm", RAMP, implicit=implicit, WindowCenter=1000,
+                WindowWidth=2001, **RESCALE)  # fmt: skip
+    expected = linear_window(HU, 1000, 2001)
     got = rgb(read_image(tmp_path / "a.dcm"))
     assert np.abs(got - expected).max() <= 1
-    write_dicom(tmp_path / "b.dcm", pixels, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1024,
-                WindowCenter=1000, WindowWidth=2001)  # fmt: skip
-    assert np.abs(rgb(read_image(tmp_path / "b.dcm")) - (255 - expected)).max() <= 1
-    # no window: the rescaled range maps to 0..255
-    write_dicom(tmp_path / "c.dcm", pixels)
+    assert got.min() == 0 and got.max() == 255  # the window clips both ends of this ramp
+
+
+def test_dicom_monochrome1_is_the_inverse_of_monochrome2(tmp_path: Path) -> None:
+    window = {"WindowCenter": 1000, "WindowWidth": 2001, **RESCALE}
+    write_dicom(tmp_path / "m2.dcm", RAMP, **window)
+    write_dicom(tmp_path / "m1.dcm", RAMP, photometric="MONOCHROME1", **window)
+    m1, m2 = rgb(read_image(tmp_path / "m1.dcm")), rgb(read_image(tmp_path / "m2.dcm"))
+    assert np.abs(m1 - (255 - m2)).max() <= 1
+    assert np.abs(m1 - (255 - linear_window(HU, 1000, 2001))).max() <= 1
+
+
+def test_dicom_without_window_maps_the_rescaled_range(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", RAMP, **RESCALE)
+    assert np.abs(rgb(read_image(tmp_path / "a.dcm")) - by_hand(HU, HU.min(), HU.max())).max() <= 1
+    signed = (np.arange(64, dtype=np.int16).reshape(8, 8) - 20) * 50  # -1000..2150
+    write_dicom(tmp_path / "s.dcm", signed)
+    assert np.abs(rgb(read_image(tmp_path / "s.dcm")) - by_hand(signed, -1000, 2150)).max() <= 1
+
+
+def test_dicom_linear_exact_and_sigmoid_windows(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "e.dcm", RAMP, WindowCenter=500, WindowWidth=1000,
+                VOILUTFunction="LINEAR_EXACT", **RESCALE)  # fmt: skip
+    assert np.abs(rgb(read_image(tmp_path / "e.dcm")) - by_hand(HU, 0, 1000)).max() <= 1
+    write_dicom(tmp_path / "s.dcm", RAMP, WindowCenter=800, WindowWidth=3000,
+                VOILUTFunction="SIGMOID", **RESCALE)  # fmt: skip
+    expected = np.rint(255 / (1 + np.exp(-4 * (HU - 800) / 3000)))
+    assert np.abs(rgb(read_image(tmp_path / "s.dcm")) - expected).max() <= 1
+
+
+def test_dicom_voi_lut_after_rescale(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.sequence import Sequence
+
+    pixels = np.tile(np.arange(0, 1000, 10, dtype=np.uint16), (4, 1))
+    first_map, entries = 200, 800
+    lut = np.rint(4095 * np.sqrt(np.arange(entries) / (entries - 1))).astype(int)
+    item = DicomDataset()
+    item.add_new("LUTDescriptor", "US", [entries, first_map, 12])
+    item.add_new("LUTData", "US", lut.tolist())
+    write_dicom(tmp_path / "v.dcm", pixels, RescaleSlope=1, RescaleIntercept=100,
+                VOILUTSequence=Sequence([item]), WindowCenter=0, WindowWidth=1)  # fmt: skip
+    rescaled = pixels.astype(int) + 100
+    values = lut[np.clip(rescaled - first_map, 0, entries - 1)]  # the LUT wins over the window
+    got = rgb(read_image(tmp_path / "v.dcm"))
+    assert np.abs(got - by_hand(values, 0, 4095)).max() <= 1
+
+
+def test_dicom_multiframe_takes_the_first_frame(tmp_path: Path) -> None:
+    frames = np.stack([RAMP, np.full_like(RAMP, 60000), np.zeros_like(RAMP)])
+    write_dicom(tmp_path / "mf.dcm", frames)
+    got = rgb(read_image(tmp_path / "mf.dcm"))
+    assert got.shape == RAMP.shape
+    assert np.abs(got - by_hand(RAMP, RAMP.min(), RAMP.max())).max() <= 1
+
+
+def test_dicom_rgb_passes_through_and_magic_without_suffix(tmp_path: Path) -> None:
+    colour = np.random.default_rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    write_dicom(tmp_path / "c.dcm", colour, photometric="RGB")
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "c.dcm")), colour)
+    write_dicom(tmp_path / "g.dcm", RAMP, **RESCALE)
+    shutil.copy(tmp_path / "g.dcm", tmp_path / "g_named.png")  # DICM magic, misleading suffix
+    np.testing.assert_array_equal(
+        np.asarray(read_image(tmp_path / "g_named.png")), np.asarray(read_image(tmp_path / "g.dcm"))
+    )
+
+
+def bundled(name: str) -> str:
+    """A pydicom test file, only if it is installed (no download)."""
+    try:
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file(name, download=False)
+    except Exception:  # pragma: no cover - depends on the pydicom install
+        path = None
+    if path is None:
+        pytest.skip(f"pydicom's test file {name} is not available offline")
+    return str(path)
+
+
+def test_pydicom_bundled_ct_and_mr() -> None:
+    import pydicom
+
+    ct = pydicom.dcmread(bundled("CT_small.dcm"))
+    assert "WindowCenter" not in ct  # no window: the rescaled (HU) range maps to 0..255
+    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
     assert (
-        np.abs(rgb(read_image(tmp_path / "c.dcm")) - by_hand(pixels.astype(float), 0, 3950)).max()
+        np.abs(rgb(read_image(bundled("CT_small.dcm"))) - by_hand(hu, hu.min(), hu.max())).max()
         <= 1
     )
-    # DICOM magic without the suffix
-    shutil.copy(tmp_path / "c.dcm", tmp_path / "c_nosuffix.png")
-    np.testing.assert_array_equal(
-        rgb(read_image(tmp_path / "c_nosuffix.png")), rgb(read_image(tmp_path / "c.dcm"))
+    mr = pydicom.dcmread(bundled("MR_small.dcm"))
+    values = mr.pixel_array * float(mr.get("RescaleSlope", 1)) + float(
+        mr.get("RescaleIntercept", 0)
     )
+    expected = linear_window(values, float(mr.WindowCenter), float(mr.WindowWidth))
+    assert np.abs(rgb(read_image(bundled("MR_small.dcm"))) - expected).max() <= 1
 
 
-def test_pydicom_bundled_ct() -> None:
+def test_pydicom_bundled_palette_colour() -> None:
     import pydicom
-    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
 
-    path = get_testdata_file("CT_small.dcm")
-    if path is None:
-        pytest.skip("pydicom's test files are not installed")
-    ds = pydicom.dcmread(path)
-    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert "WindowCenter" not in ds  # no window: the rescaled (HU) range maps to 0..255
-    expected = by_hand(hu, hu.min(), hu.max())
-    assert np.abs(rgb(read_image(path)) - expected).max() <= 1
+    ds = pydicom.dcmread(bundled("examples_palette.dcm"))
+    ref = np.asarray(apply_color_lut(ds.pixel_array, ds)).astype(float)
+    if ref.max() > 255:
+        ref = np.rint(ref / 257)
+    got = np.asarray(read_image(bundled("examples_palette.dcm")))
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1
 
 
-def test_corrupt_file_raises_image_read_error(tmp_path: Path) -> None:
+# --- unreadable images -------------------------------------------------------------------------
+
+
+def test_corrupt_files_raise_image_read_error(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"\x89PNG but not really")
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match="cannot identify image file"):
         read_image(tmp_path / "bad.png")
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "trunc.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(
+        tmp_path / "trunc.png"
+    )
     data = (tmp_path / "trunc.png").read_bytes()
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match=r"(?i)truncated"):
         read_image(tmp_path / "trunc.png")
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom file at all")
+    with pytest.raises(ImageReadError, match="DICOM"):
+        read_image(tmp_path / "bad.dcm")
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "nothing.png")
 
 
-# --- dataset forms ----------------------------------------------------------------------------
+def test_truncated_dicom_raises_image_read_error(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", RAMP)
+    data = (tmp_path / "a.dcm").read_bytes()
+    (tmp_path / "a.dcm").write_bytes(data[:-100])
+    with pytest.raises(ImageReadError, match="DICOM"):
+        read_image(tmp_path / "a.dcm")
+
+
+def test_dataset_load_of_a_corrupt_file_raises_image_read_error(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f")
+    (root / "normal" / "x1.png").write_bytes(b"garbage")
+    ds = parse_data(root)  # parsing decodes nothing
+    assert rgb(ds.load(0))[0, 0] == len("normal")
+    with pytest.raises(ImageReadError):
+        ds.load(1)
+
+
+# --- folders -----------------------------------------------------------------------------------
 
 
 def make_folder(root: Path) -> Path:
+    """normal/x0..x2.png and pneumonia/x0..x1.png; pixel value 10 * i + len(label)."""
     for label, n in (("pneumonia", 2), ("normal", 3)):
         (root / label).mkdir(parents=True)
         for i in range(n):
@@ -150,107 +351,326 @@ def make_folder(root: Path) -> Path:
 
 
 def test_folder_labels_and_sorted_ids(tmp_path: Path) -> None:
-    ds = parse_data(make_folder(tmp_path / "f"))
-    assert ds.ids == ["normal/x0", "normal/x1", "normal/x2", "pneumonia/x0", "pneumonia/x1"]
-    assert list(ds.table["label"]) == ["normal"] * 3 + ["pneumonia"] * 2
-    assert rgb(ds.load(4))[0, 0] == 10 + len("pneumonia")
+    root = make_folder(tmp_path / "f")
+    (root / "normal" / "notes.txt").write_text("not an image")
+    (root / "normal" / ".hidden.png").write_bytes(b"")
+    (root / "pneumonia" / "sub").mkdir()
+    Image.fromarray(np.full((4, 4), 99, np.uint8)).save(root / "pneumonia" / "sub" / "y.tif")
+    ds = parse_data(root)
+    assert ds.kind == "folder" and list(ds.table.columns) == ["id", "label"]
+    assert ds.ids == ["normal/x0", "normal/x1", "normal/x2", "pneumonia/sub/y", "pneumonia/x0",
+                      "pneumonia/x1"]  # fmt: skip
+    assert list(ds.table["label"]) == ["normal"] * 3 + ["pneumonia"] * 3
+    assert isinstance(ds.table.index, pd.RangeIndex)
+    assert rgb(ds.load(5))[0, 0] == 10 + len("pneumonia")
+    assert rgb(ds.load(3))[0, 0] == 99
+    info = ds.describe()
+    assert json.loads(json.dumps(info)) == info
+    assert info["kind"] == "folder" and info["n"] == 6 and info["columns"] == ["label"]
+    assert info["root"] == str(root.resolve()) and info["spec"] == str(root)
 
 
-def test_manifest_csv_and_parquet(tmp_path: Path) -> None:
-    make_folder(tmp_path / "imgs")
-    rows = pd.DataFrame({
-        "path": ["imgs/normal/x0.png", "imgs/pneumonia/x1.png", str(tmp_path / "imgs/normal/x2.png")],
-        "id": [101, 102, 103],
-        "finding": [0, 1, 0],
-        "sex": ["F", "M", None],
-    })  # fmt: skip
-    rows.to_csv(tmp_path / "m.csv", index=False)
-    rows.to_parquet(tmp_path / "m.parquet", index=False)
-    for name in ("m.csv", "m.parquet"):
-        ds = parse_data(tmp_path / name)
-        assert ds.ids == ["101", "102", "103"]
-        assert list(ds.table.columns) == ["id", "finding", "sex"]
-        assert list(ds.table["finding"]) == [0, 1, 0]
-        assert rgb(ds.load(1))[0, 0] == 10 + len("pneumonia")
-    rows.drop(columns="id").to_csv(tmp_path / "noid.csv", index=False)
-    assert parse_data(tmp_path / "noid.csv").ids[0] == "imgs/normal/x0"
-
-
-def test_hdf5_and_npz_arrays_and_pickling(tmp_path: Path) -> None:
-    import h5py
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 65535, (4, 6, 5), dtype=np.uint16)
-    with h5py.File(tmp_path / "a.h5", "w") as f:
-        f["images"] = images
-        f["ids"] = np.array([b"p1", b"p2", b"p3", b"p4"])
-        f["label"] = np.array([0, 1, 1, 0])
-    np.savez(
-        tmp_path / "a.npz",
-        images=images,
-        ids=np.array(["p1", "p2", "p3", "p4"]),
-        label=[0, 1, 1, 0],
-    )
-    for name in ("a.h5", "a.npz"):
-        ds = parse_data(tmp_path / name)
-        assert ds.ids == ["p1", "p2", "p3", "p4"] and list(ds.table["label"]) == [0, 1, 1, 0]
-        im = images[2].astype(float)
-        np.testing.assert_array_equal(rgb(ds.load(2)), by_hand(im, im.min(), im.max()))
-        copy = pickle.loads(pickle.dumps(ds))
-        np.testing.assert_array_equal(np.asarray(copy.load(3)), np.asarray(ds.load(3)))
-        assert copy.fingerprint() == ds.fingerprint()
-
-
-@pytest.mark.parametrize(
-    ("setup", "words"),
-    [
-        (lambda p: p / "nothing", "does not exist"),
-        (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", "unknown format"),
-        (lambda p: (p / "e").mkdir() or p / "e", "no image files"),
-        (lambda p: (p / "m.csv").write_text("file,label\na.png,1\n") and p / "m.csv", "no `path` column"),
-        (lambda p: (p / "m.csv").write_text("path\nmissing1.png\nmissing2.png\n") and p / "m.csv", "2 files listed"),
-        (lambda p: (p / "m.parquet").write_bytes(b"garbage") and p / "m.parquet", "cannot be read"),
-        (lambda p: np.savez(p / "a.npz", pixels=np.zeros((2, 4, 4))) or p / "a.npz", "no `images` array"),
-        (lambda p: np.savez(p / "b.npz", images=np.zeros((2, 4, 4)), label=[1, 2, 3]) or p / "b.npz", "has 3 rows"),
-        (lambda p: np.savez(p / "c.npz", images=np.zeros((2, 4, 4)), ids=["a", "a"]) or p / "c.npz", "more than once"),
-        (lambda p: "builtin:digit", "did you mean 'builtin:digits'"),
-    ],
-)  # fmt: skip
-def test_bad_data_gives_one_line(tmp_path: Path, setup, words: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(DataError) as err:
-        parse_data(setup(tmp_path))
-    assert words in str(err.value) and "\n" not in str(err.value)
-
-
-def test_duplicate_ids_in_a_manifest(tmp_path: Path) -> None:
-    make_folder(tmp_path / "imgs")
-    pd.DataFrame({"path": ["imgs/normal/x0.png", "imgs/normal/x1.png"], "id": ["a", "a"]}).to_csv(
-        tmp_path / "m.csv", index=False
-    )
-    with pytest.raises(DataError, match="'a'"):
-        parse_data(tmp_path / "m.csv")
+def test_folder_of_loose_images_has_no_label(tmp_path: Path) -> None:
+    for name in ("b", "a"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
+    ds = parse_data(tmp_path)
+    assert ds.ids == ["a", "b"] and list(ds.table.columns) == ["id"]
 
 
 def test_mixed_root_and_subfolder_images_refused(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "loose.png")
-    with pytest.raises(DataError, match="sub-folder"):
+    with pytest.raises(DataError, match="sub-folder") as err:
         parse_data(root)
+    assert "loose.png" in str(err.value)
 
 
-def test_fingerprint_tracks_content_not_location(tmp_path: Path) -> None:
+# --- manifests ---------------------------------------------------------------------------------
+
+
+def manifest_rows(tmp_path: Path) -> pd.DataFrame:
+    make_folder(tmp_path / "imgs")
+    return pd.DataFrame({
+        "path": ["imgs/normal/x0.png", "imgs/pneumonia/x1.png", str(tmp_path / "imgs/normal/x2.png")],
+        "id": ["001", "002", "103"],
+        "finding": [0, 1, 0],
+        "age": [50.5, None, 61.0],
+        "sex": ["F", "M", "F"],
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest(tmp_path: Path, suffix: str) -> None:
+    rows = manifest_rows(tmp_path)
+    path = tmp_path / f"m.{suffix}"
+    rows.to_csv(path, index=False) if suffix == "csv" else rows.to_parquet(path, index=False)
+    ds = parse_data(path)
+    assert ds.kind == "manifest" and ds.ids == ["001", "002", "103"]  # leading zeros kept
+    assert list(ds.table.columns) == ["id", "finding", "age", "sex"]
+    assert ds.table["finding"].dtype == np.int64 and list(ds.table["finding"]) == [0, 1, 0]
+    assert ds.table["age"].dtype == np.float64 and np.isnan(ds.table["age"][1])
+    assert list(ds.table["sex"]) == ["F", "M", "F"]
+    assert rgb(ds.load(1))[0, 0] == 10 + len("pneumonia")
+    assert rgb(ds.load(2))[0, 0] == 20 + len("normal")  # the absolute path
+    assert ds.root == str(tmp_path.resolve())
+
+
+def test_manifest_ids_default_to_paths_and_columns_can_be_named(tmp_path: Path) -> None:
+    rows = manifest_rows(tmp_path)
+    rows.drop(columns="id").to_csv(tmp_path / "noid.csv", index=False)
+    assert parse_data(tmp_path / "noid.csv").ids[:2] == ["imgs/normal/x0", "imgs/pneumonia/x1"]
+    rows.rename(columns={"path": "file", "id": "patient"}).to_parquet(tmp_path / "n.parquet")
+    ds = parse_data(tmp_path / "n.parquet", id_col="patient", path_col="file")
+    assert ds.ids == ["001", "002", "103"] and list(ds.table.columns) == [
+        "id",
+        "finding",
+        "age",
+        "sex",
+    ]
+    integer_ids = rows.assign(id=[101, 102, 103])
+    integer_ids.to_parquet(tmp_path / "i.parquet")
+    assert parse_data(tmp_path / "i.parquet").ids == ["101", "102", "103"]
+
+
+# --- array files -------------------------------------------------------------------------------
+
+IMAGES16 = np.random.default_rng(0).integers(0, 65535, (4, 6, 5), dtype=np.uint16)
+
+
+def write_arrays(path: Path, images: np.ndarray = IMAGES16, **arrays: Any) -> Path:
+    """An .h5 (fixed-width bytes ids), or an .npz (str ids), with ids and a label."""
+    import h5py
+
+    arrays = {"label": np.array([0, 1, 1, 0]), **arrays}
+    if path.suffix == ".npz":
+        np.savez(path, images=images, ids=np.array(["p1", "p2", "p3", "p4"]), **arrays)
+        return path
+    with h5py.File(path, "w") as f:
+        f["images"] = images
+        f["ids"] = np.array([b"p1", b"p2", b"p3", b"p4"])
+        for key, value in arrays.items():
+            f[key] = value
+    return path
+
+
+@pytest.mark.parametrize("name", ["a.h5", "a.hdf5", "a.npz"])
+def test_array_files_ids_labels_and_scaling(tmp_path: Path, name: str) -> None:
+    ds = parse_data(write_arrays(tmp_path / name, site=np.array([b"A", b"B", b"A", b"C"])))
+    assert ds.kind == "array" and ds.ids == ["p1", "p2", "p3", "p4"]
+    assert list(ds.table.columns) == ["id", "label", "site"]
+    assert list(ds.table["label"]) == [0, 1, 1, 0] and list(ds.table["site"]) == [
+        "A",
+        "B",
+        "A",
+        "C",
+    ]
+    im = IMAGES16[2]
+    np.testing.assert_array_equal(rgb(ds.load(2)), by_hand(im, im.min(), im.max()))
+
+
+def test_array_files_of_other_dtypes_and_shapes(tmp_path: Path) -> None:
+    import h5py
+
+    rng = np.random.default_rng(3)
+    grey8 = rng.integers(0, 256, (3, 5, 4), dtype=np.uint8)
+    colour8 = rng.integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    floats = rng.normal(size=(3, 5, 4, 1)).astype(np.float32)
+    np.savez_compressed(tmp_path / "g.npz", images=grey8)  # compressed: loaded, not mapped
+    np.savez(tmp_path / "c.npz", images=colour8)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["images"] = floats
+        f["ids"] = np.array(["α", "β", "γ"], dtype=h5py.string_dtype())  # variable-length
+    g, c, fl = (parse_data(tmp_path / n) for n in ("g.npz", "c.npz", "f.h5"))
+    assert g.ids == ["000000", "000001", "000002"] and list(g.table.columns) == ["id"]
+    np.testing.assert_array_equal(rgb(g.load(1)), grey8[1])  # uint8: left as it is
+    np.testing.assert_array_equal(np.asarray(c.load(2)), colour8[2])
+    assert fl.ids == ["α", "β", "γ"]
+    x = floats[0, ..., 0]
+    np.testing.assert_array_equal(rgb(fl.load(0)), by_hand(x, x.min(), x.max()))
+
+
+@pytest.mark.parametrize("name", ["a.h5", "a.npz"])
+def test_array_dataset_pickles_and_works_in_worker_processes(tmp_path: Path, name: str) -> None:
+    import torch
+
+    ds = parse_data(write_arrays(tmp_path / name))
+    first = np.asarray(ds.load(0))  # the parent opens its handle before the workers fork
+    copy = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(np.asarray(copy.load(3)), np.asarray(ds.load(3)))
+    assert copy.fingerprint() == ds.fingerprint() and copy.ids == ds.ids
+
+    class Rows(torch.utils.data.Dataset[np.ndarray]):
+        def __len__(self) -> int:
+            return len(ds)
+
+        def __getitem__(self, i: int) -> np.ndarray:
+            return np.asarray(ds.load(i))
+
+    loader = torch.utils.data.DataLoader(Rows(), batch_size=2, num_workers=2, collate_fn=list)
+    got = [a for batch in loader for a in batch]
+    assert len(got) == 4
+    np.testing.assert_array_equal(got[0], first)
+    for i in range(4):
+        np.testing.assert_array_equal(got[i], np.asarray(ds.load(i)))
+
+
+# --- bad input: one line naming the problem ----------------------------------------------------
+
+Setup = Callable[[Path], "str | Path"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _npz(path: Path, **arrays: Any) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _folder_with(path: Path, *names: str) -> Path:
+    path.mkdir()
+    for name in names:
+        (path / name).write_bytes(b"")
+    return path
+
+
+def _manifest_with_images(path: Path, rows: dict[str, list[Any]]) -> Path:
+    make_folder(path.parent / "imgs")
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+BAD: list[tuple[str, Setup, tuple[str, ...]]] = [
+    ("missing", lambda p: p / "nothing", ("does not exist", "manifest", "builtin:digits")),
+    ("suffix", lambda p: _write(p / "a.txt", "x"), ("unknown format", "'.txt'", ".csv", ".npz")),
+    ("empty folder", lambda p: _folder_with(p / "e"), ("no image files",)),
+    ("no images", lambda p: _folder_with(p / "e", "a.txt", "b.json"), ("no image files", ".png")),
+    ("garbage parquet", lambda p: _write(p / "m.parquet", "garbage"),
+     ("m.parquet", "cannot be read", "`path` column")),
+    ("empty csv", lambda p: _write(p / "m.csv", ""), ("m.csv", "cannot be read")),
+    ("no path column", lambda p: _write(p / "m.csv", "paths,label\na.png,1\n"),
+     ("no `path` column", "did you mean 'paths'", "columns: paths, label")),
+    ("missing files", lambda p: _write(p / "m.csv", "path\nmissing1.png\nm2.png\nm3.png\nm4.png\n"),
+     ("4 of 4 files listed", "do not exist", "'missing1.png', 'm2.png', 'm3.png'")),
+    ("blank path", lambda p: _write(p / "m.csv", "path,label\n,1\n"), ("empty `path`",)),
+    ("header only", lambda p: _write(p / "m.csv", "path,label\n"), ("no samples",)),
+    ("duplicate ids", lambda p: _manifest_with_images(p / "m.csv", {
+        "path": ["imgs/normal/x0.png", "imgs/normal/x1.png", "imgs/normal/x2.png",
+                 "imgs/pneumonia/x0.png", "imgs/pneumonia/x1.png"] * 2,
+        "id": ["a", "b", "c", "d", "e"] * 2}),
+     ("5 ids occur more than once", "'a', 'b', 'c'", "unique")),
+    ("blank id", lambda p: _manifest_with_images(p / "m.csv", {
+        "path": ["imgs/normal/x0.png", "imgs/normal/x1.png"], "id": ["a", None]}), ("empty `id`",)),
+    ("no images array", lambda p: _npz(p / "a.npz", image=np.zeros((2, 4, 4)), label=[1, 2]),
+     ("no `images` array", "did you mean 'image'", "arrays: image, label")),
+    ("length mismatch", lambda p: _npz(p / "b.npz", images=np.zeros((2, 4, 4)), label=[1, 2, 3]),
+     ("'label' has 3 rows", "`images` has 2")),
+    ("bad shape", lambda p: _npz(p / "c.npz", images=np.zeros((2, 4))),
+     ("shape (2, 4)", "expected (N,H,W)")),
+    ("duplicate array ids", lambda p: _npz(p / "d.npz", images=np.zeros((2, 4, 4)), ids=["a", "a"]),
+     ("1 ids occur more than once", "'a'")),
+    ("garbage h5", lambda p: _write(p / "e.h5", "garbage"), ("cannot be read", "HDF5")),
+    ("builtin", lambda p: "builtin:digit", ("unknown built-in", "did you mean 'builtin:digits'")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("setup", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_data_gives_one_line(tmp_path: Path, setup: Setup, words: tuple[str, ...]) -> None:
+    with pytest.raises(DataError) as err:
+        parse_data(setup(tmp_path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("--data ")
+    for word in words:
+        assert word in message
+
+
+def test_named_id_column_must_exist(tmp_path: Path) -> None:
+    manifest_rows(tmp_path).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(DataError, match="no `patient` column"):
+        parse_data(tmp_path / "m.csv", id_col="patient")
+    manifest_rows(tmp_path / "2").rename(columns={"finding": "patient"}).to_csv(
+        tmp_path / "2" / "m.csv", index=False
+    )
+    with pytest.raises(DataError, match="`id` column besides"):
+        parse_data(tmp_path / "2" / "m.csv", id_col="patient")
+
+
+# --- fingerprint -------------------------------------------------------------------------------
+
+
+def test_fingerprint_of_a_folder_tracks_content_not_location(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f")
     fp = parse_data(root).fingerprint()
-    assert parse_data(root).fingerprint() == fp
+    assert len(fp) == 64 and parse_data(root).fingerprint() == fp
     shutil.copytree(root, tmp_path / "copy")
     assert parse_data(tmp_path / "copy").fingerprint() == fp
+    os.utime(root / "normal" / "x0.png", (1e9, 1e9))  # a new mtime alone changes nothing
+    assert parse_data(root).fingerprint() == fp
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "normal" / "x0.png")  # other size
     assert parse_data(root).fingerprint() != fp
-    (tmp_path / "copy" / "normal" / "x2.png").rename(tmp_path / "copy" / "normal" / "x9.png")
-    assert parse_data(tmp_path / "copy").fingerprint() != fp
-    (tmp_path / "copy" / "normal" / "x9.png").rename(tmp_path / "copy" / "pneumonia" / "x9.png")
-    make_manifest = pd.DataFrame({"path": ["f/normal/x1.png"], "label": [0]})
-    make_manifest.to_csv(tmp_path / "m.csv", index=False)
-    fp_m = parse_data(tmp_path / "m.csv").fingerprint()
-    make_manifest.assign(label=[1]).to_csv(tmp_path / "m.csv", index=False)
-    assert parse_data(tmp_path / "m.csv").fingerprint() != fp_m
+    copy = tmp_path / "copy"
+    (copy / "normal" / "x2.png").rename(copy / "normal" / "x9.png")  # an id changes
+    assert parse_data(copy).fingerprint() != fp
+    (copy / "normal" / "x9.png").rename(copy / "normal" / "x2.png")
+    assert parse_data(copy).fingerprint() == fp
+    (copy / "normal" / "x2.png").rename(copy / "pneumonia" / "x2.png")  # a label changes
+    assert parse_data(copy).fingerprint() != fp
+
+
+def test_fingerprint_of_a_manifest(tmp_path: Path) -> None:
+    rows = manifest_rows(tmp_path).drop(index=2)  # relative paths only
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    fp = parse_data(tmp_path / "m.csv").fingerprint()
+    shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy")
+    assert parse_data(tmp_path.parent / f"{tmp_path.name}-copy" / "m.csv").fingerprint() == fp
+    rows.assign(finding=[0, 0]).to_csv(tmp_path / "m.csv", index=False)  # a label changes
+    assert parse_data(tmp_path / "m.csv").fingerprint() != fp
+    rows.assign(id=["001", "003"]).to_csv(tmp_path / "m.csv", index=False)  # an id changes
+    assert parse_data(tmp_path / "m.csv").fingerprint() != fp
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    assert parse_data(tmp_path / "m.csv").fingerprint() == fp
+    rows.assign(extra=[1, 2]).to_csv(tmp_path / "m.csv", index=False)  # metadata added
+    assert parse_data(tmp_path / "m.csv").fingerprint() != fp
+
+
+@pytest.mark.parametrize("name", ["a.h5", "a.npz"])
+def test_fingerprint_of_an_array_file(tmp_path: Path, name: str) -> None:
+    path = write_arrays(tmp_path / name)
+    fp = parse_data(path).fingerprint()
+    assert parse_data(path).fingerprint() == fp
+    shutil.copy(path, tmp_path / f"b{path.suffix}")
+    assert parse_data(tmp_path / f"b{path.suffix}").fingerprint() == fp
+    changed = IMAGES16.copy()
+    changed[3, 0, 0] ^= 1  # one pixel, one bit
+    write_arrays(path, changed)
+    assert parse_data(path).fingerprint() != fp
+    write_arrays(path, label=np.array([0, 1, 1, 1]))
+    assert parse_data(path).fingerprint() != fp
+    write_arrays(path)
+    assert parse_data(path).fingerprint() == fp
+
+
+def test_fingerprint_is_the_same_in_another_process(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f")
+    manifest_rows(tmp_path).to_parquet(tmp_path / "m.parquet")
+    h5 = write_arrays(tmp_path / "a.h5")
+    specs = [str(root), str(tmp_path / "m.parquet"), str(h5), "builtin:digits"]
+    here = [parse_data(s).fingerprint() for s in specs]
+    assert len(set(here)) == len(here)
+    code = (
+        "import sys; from fmprobe.data import parse_data\n"
+        "print(' '.join(parse_data(s).fingerprint() for s in sys.argv[1:]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, *specs], env=env, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.split() == here
+
+
+def test_dataset_is_frozen(tmp_path: Path) -> None:
+    ds = parse_data(make_folder(tmp_path / "f"))
+    assert isinstance(ds, Dataset)
+    with pytest.raises(AttributeError):
+        ds.kind = "array"  # type: ignore[misc]

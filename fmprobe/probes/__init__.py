@@ -1,0 +1,1 @@
+"""Probes fitted on frozen embeddings, and the metrics that score them."""

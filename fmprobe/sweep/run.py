@@ -1,0 +1,666 @@
+"""``fmprobe sweep``: probes over features × tasks × samplers × label counts × seeds.
+
+The plan is cut into work units (one feature, task, probe and sampler, a block of seeds); each
+unit's rows are written as one Parquet part (atomically) in ``<out>.parts/``, which is the
+resume ledger; the results table ``<out>`` is the parts merged in plan order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fmprobe.errors import UsageError, did_you_mean
+from fmprobe.probes.logreg import fit_logreg
+from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
+from fmprobe.probes.simple import knn_scores, ridge_fit_predict
+from fmprobe.store import FeatureStore, open_store
+from fmprobe.sweep.splits import Split, fold_masks, make_split, nested_order
+from fmprobe.sweep.tasks import Task, load_tasks
+
+PROBES = ("logreg", "ridge", "knn")
+SAMPLERS = ("random",)
+C_GRID = tuple(float(c) for c in np.logspace(-4, 4, 10))  # sklearn LogisticRegressionCV's Cs=10
+RESULT_COLUMNS = (
+    "feature",
+    "task",
+    "probe",
+    "sampler",
+    "n",
+    "seed",
+    "n_pos",
+    "auroc",
+    "auprc",
+    "balanced_accuracy",
+    "fit_seconds",
+    "C",
+    "C_selection",
+    "converged",
+    "n_iter",
+    "status",
+    "n_test",
+    "n_classes",
+)
+
+
+class ConvergenceWarning(UserWarning):
+    """Some probes stopped at ``max_iter`` before reaching the tolerance."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep's results (recorded beside them; a rerun must match)."""
+
+    features: tuple[str, ...]
+    tasks: tuple[str, ...]
+    probes: tuple[str, ...]
+    samplers: tuple[str, ...]
+    n: tuple[int | str, ...]
+    seeds: int
+    C: float | str
+    folds: int
+    knn_k: tuple[int, ...]
+    split_col: str | None
+    test_frac: float
+    group_col: str | None
+    split_seed: int
+    labels: str | None
+    standardize: bool
+    l2_normalize: bool
+    max_iter: int
+    tol: float
+    store_fingerprint: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SweepReport:
+    out: str
+    rows: int
+    units_total: int
+    units_done_before: int
+    probes_fitted: int = 0
+    seconds: float = 0.0
+    not_converged: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def probes_per_second(self) -> float:
+        return self.probes_fitted / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _split_list(value: str | Sequence[Any] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def parse_ns(value: str | Sequence[int | str]) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for item in _split_list(value):
+        if item == "all":
+            out.append("all")
+            continue
+        try:
+            n = int(item)
+        except ValueError:
+            raise UsageError(f"--n {item!r}: use label counts such as 10,20,50,all") from None
+        if n < 1:
+            raise UsageError(f"--n {n}: label counts must be at least 1")
+        out.append(n)
+    if not out:
+        raise UsageError("--n is empty; e.g. --n 10,20,50,all")
+    return tuple(dict.fromkeys(out))
+
+
+def resolve_features(store: FeatureStore, patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """Feature keys from comma lists or globs; token features are left to attention probes."""
+    infos = [f for f in store.features() if f.pool != "tokens" and len(f.shape) == 2]
+    keys = [f.key for f in infos]
+    chosen: list[str] = []
+    for pat in _split_list(patterns) or ["*"]:
+        hits = [k for k in keys if fnmatch.fnmatchcase(k, pat)]
+        if not hits:
+            raise UsageError(
+                f"--features {pat!r} matches no feature of {store.path}{did_you_mean(pat, keys)}; "
+                f"list them with `fmprobe store info {store.path}`"
+            )
+        chosen += [h for h in hits if h not in chosen]
+    incomplete = [f.key for f in infos if f.key in chosen and not f.complete]
+    if incomplete:
+        raise UsageError(
+            f"feature {incomplete[0]!r} is unfinished; rerun its `fmprobe embed` first"
+        )
+    return tuple(chosen)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    feature: str
+    task: str
+    probe: str
+    sampler: str
+    seeds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        seeds = f"{self.seeds[0]}-{self.seeds[-1]}"
+        text = f"{self.feature}|{self.task}|{self.probe}|{self.sampler}|{seeds}"
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def plan_units(cfg: SweepConfig, *, seeds_per_unit: int) -> list[Unit]:
+    seeds = list(range(cfg.seeds))
+    blocks = [tuple(seeds[i : i + seeds_per_unit]) for i in range(0, len(seeds), seeds_per_unit)]
+    return [
+        Unit(f, t, p, s, b)
+        for f in cfg.features
+        for t in cfg.tasks
+        for p in cfg.probes
+        for s in cfg.samplers
+        for b in blocks
+    ]
+
+
+# --- one unit -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    """A feature's rows for one task, on the device."""
+
+    X_pool: torch.Tensor  # (P, D) training pool
+    y_pool: np.ndarray  # (P,)
+    X_test: torch.Tensor  # (T, D)
+    y_test: torch.Tensor  # (T,)
+    pool_mean: torch.Tensor  # (D,)
+
+
+def _prepare(
+    X: np.ndarray, task: Task, split: Split, *, l2_normalize: bool, device: torch.device
+) -> _Data:
+    finite = np.isfinite(X).all(1)
+    ok = (task.codes >= 0) & finite
+    pool = split.train[ok[split.train]]
+    test = split.test[ok[split.test]]
+    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    if l2_normalize:
+        Xt = torch.nn.functional.normalize(Xt, dim=1)
+    X_pool = Xt[torch.as_tensor(pool, device=device)]
+    return _Data(
+        X_pool=X_pool,
+        y_pool=task.codes[pool],
+        X_test=Xt[torch.as_tensor(test, device=device)],
+        y_test=torch.as_tensor(task.codes[test], device=device),
+        pool_mean=X_pool.mean(0) if len(pool) else torch.zeros(X.shape[1], device=device),
+    )
+
+
+def _standardise(
+    Xb: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-problem z-scoring from the problem's own training rows (no test statistics)."""
+    m = torch.ones(Xb.shape[:2], device=Xb.device) if mask is None else mask.float()
+    cnt = m.sum(1, keepdim=True).clamp_min(1)
+    mu = (Xb * m[..., None]).sum(1) / cnt
+    var = (((Xb - mu[:, None]) ** 2) * m[..., None]).sum(1) / cnt
+    sd = var.sqrt().clamp_min(1e-12)
+    return (Xb - mu[:, None]) / sd[:, None], mu, sd
+
+
+def _scores(
+    probe: str,
+    Xb: torch.Tensor,
+    yb: torch.Tensor,
+    X_eval: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    n_classes: int,
+    mask: torch.Tensor | None,
+    standardize: bool,
+    knn_k: Sequence[int],
+    max_iter: int,
+    tol: float,
+) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Fit B problems and score ``X_eval`` ((T, D) shared, or (B, T, D) per problem).
+
+    Returns per-variant scores (one per k for kNN), and convergence flags / iteration counts.
+    """
+    if probe == "knn":
+        if X_eval.dim() == 3:
+            raise ValueError("kNN has no hyper-parameter to cross-validate")
+        return knn_scores(Xb, yb, X_eval, ks=knn_k, n_classes=n_classes, mask=mask), None, None
+    mu = sd = None
+    if standardize:
+        Xb, mu, sd = _standardise(Xb, mask)
+    if probe == "ridge":
+        if X_eval.dim() == 2 and mu is None:
+            return (
+                [ridge_fit_predict(Xb, yb, X_eval, C, n_classes=n_classes, mask=mask)],
+                None,
+                None,
+            )
+        Xe = X_eval if X_eval.dim() == 3 else X_eval.expand(Xb.shape[0], -1, -1)
+        if mu is not None and sd is not None:
+            Xe = (Xe - mu[:, None]) / sd[:, None]
+        per_problem = [
+            ridge_fit_predict(
+                Xb[i : i + 1],
+                yb[i : i + 1],
+                Xe[i],
+                C[i : i + 1],
+                n_classes=n_classes,
+                mask=None if mask is None else mask[i : i + 1],
+            )[0]
+            for i in range(Xb.shape[0])
+        ]
+        return [torch.stack(per_problem)], None, None
+    fit = fit_logreg(Xb, yb, C, n_classes=n_classes, mask=mask, max_iter=max_iter, tol=tol)
+    coef, intercept = fit.coef, fit.intercept
+    if mu is not None and sd is not None:
+        # the same linear function on raw features: w/σ, b - μ·(w/σ)
+        coef = coef / sd.to(coef.dtype)[:, :, None]
+        intercept = intercept - torch.einsum("bd,bdk->bk", mu.to(coef.dtype), coef)
+    X_eval = X_eval.to(torch.float64)
+    z = torch.einsum("td,bdk->btk", X_eval, coef) if X_eval.dim() == 2 else torch.bmm(X_eval, coef)
+    z = z + intercept[:, None, :]
+    # binary: the logit ranks as the probability does; multinomial: one-vs-rest AUROC needs the
+    # class probabilities (softmax), as scikit-learn's predict_proba gives them
+    out = z[..., 0] if z.shape[-1] == 1 else torch.softmax(z, dim=-1)
+    return [out], fit.converged, fit.n_iter
+
+
+def _val_metric(
+    scores: torch.Tensor, y: torch.Tensor, held_out: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    if n_classes == 2:
+        return auroc(scores, y, held_out)
+    return multiclass_auroc(scores, y, held_out)
+
+
+def _choose_C(
+    probe: str,
+    Xb: torch.Tensor,
+    yb: torch.Tensor,
+    y_np: np.ndarray,
+    *,
+    n_classes: int,
+    folds: int,
+    seeds: Sequence[int],
+    standardize: bool,
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, str]:
+    """k-fold CV over ``C_GRID`` inside each subsample: every fold and grid point in one batch.
+    Returns the chosen C per problem (ties: the smaller C) and how it was chosen."""
+    B, n, _ = Xb.shape
+    counts = np.array([np.bincount(y_np[b], minlength=n_classes).min() for b in range(B)])
+    k = int(min(folds, counts.min())) if counts.size else 0
+    if k < 2:
+        return torch.ones(B, dtype=torch.float64, device=Xb.device), "fallback"
+    masks = np.stack([fold_masks(y_np[b], k=k, seed=int(seeds[b])) for b in range(B)])  # (B,k,n)
+    G = len(C_GRID)
+    held = torch.as_tensor(masks, device=Xb.device)[:, :, None, :].expand(B, k, G, n).reshape(-1, n)
+    Xr = Xb[:, None, None].expand(B, k, G, n, Xb.shape[2]).reshape(-1, n, Xb.shape[2])
+    yr = yb[:, None, None].expand(B, k, G, n).reshape(-1, n)
+    Cr = (
+        torch.tensor(C_GRID, dtype=torch.float64, device=Xb.device)[None, None]
+        .expand(B, k, G)
+        .reshape(-1)
+    )
+    scores, _, _ = _scores(
+        probe,
+        Xr,
+        yr,
+        Xr,
+        Cr,
+        n_classes=n_classes,
+        mask=~held,
+        standardize=standardize,
+        knn_k=(),
+        max_iter=max_iter,
+        tol=tol,
+    )
+    metric = _val_metric(scores[0], yr, held, n_classes).reshape(B, k, G)
+    mean = torch.nan_to_num(metric, nan=-1.0).mean(1)
+    best = torch.argmax(mean, dim=1)  # first maximum: the smallest C among ties
+    return Cr.reshape(B, k, G)[:, 0, :].gather(1, best[:, None])[:, 0], "cv"
+
+
+def run_unit(
+    unit: Unit,
+    data: _Data,
+    task: Task,
+    cfg: SweepConfig,
+    *,
+    batch_limit: int,
+) -> Iterator[dict[str, Any]]:
+    """Fit every (n, seed) problem of a unit; yield one result row per probe variant."""
+    pool_size = len(data.y_pool)
+    ns = [pool_size if n == "all" else int(n) for n in cfg.n]
+    ns = list(dict.fromkeys(ns))
+    orders = {s: nested_order(data.y_pool, seed=s) for s in unit.seeds} if pool_size else {}
+    probe_names = [f"knn{k}" for k in cfg.knn_k] if unit.probe == "knn" else [unit.probe]
+    base = {
+        "feature": unit.feature,
+        "task": task.name,
+        "sampler": unit.sampler,
+        "n_test": len(data.y_test),
+        "n_classes": task.n_classes,
+    }
+    device = data.X_pool.device
+    center = data.pool_mean if unit.probe == "logreg" else torch.zeros_like(data.pool_mean)
+    X_test = data.X_test - center
+    for n in ns:
+        status = "ok"
+        if n > pool_size:
+            status = "n_exceeds_pool"
+        elif n < task.n_classes:
+            status = "n_below_classes"
+        if status != "ok":
+            for seed in unit.seeds:
+                for name in probe_names:
+                    yield {**base, "probe": name, "n": n, "seed": seed, "status": status}
+            continue
+        step = max(
+            1,
+            batch_limit
+            // max(
+                1, n * data.X_pool.shape[1] * (len(C_GRID) * cfg.folds if cfg.C == "auto" else 1)
+            ),
+        )
+        for start in range(0, len(unit.seeds), step):
+            seeds = unit.seeds[start : start + step]
+            t0 = time.perf_counter()
+            idx = np.stack([orders[s][:n] for s in seeds])
+            y_np = data.y_pool[idx]
+            Xb = data.X_pool[torch.as_tensor(idx, device=device)] - center
+            yb = torch.as_tensor(y_np, device=device)
+            selection = "fixed"
+            if unit.probe == "knn":
+                C = torch.ones(len(seeds), dtype=torch.float64, device=device)
+                selection = "none"
+            elif cfg.C == "auto":
+                C, selection = _choose_C(
+                    unit.probe,
+                    Xb,
+                    yb,
+                    y_np,
+                    n_classes=task.n_classes,
+                    folds=cfg.folds,
+                    seeds=seeds,
+                    standardize=cfg.standardize,
+                    max_iter=cfg.max_iter,
+                    tol=cfg.tol,
+                )
+            else:
+                C = torch.full((len(seeds),), float(cfg.C), dtype=torch.float64, device=device)
+            variants, conv, iters = _scores(
+                unit.probe,
+                Xb,
+                yb,
+                X_test,
+                C,
+                n_classes=task.n_classes,
+                mask=None,
+                standardize=cfg.standardize,
+                knn_k=cfg.knn_k,
+                max_iter=cfg.max_iter,
+                tol=cfg.tol,
+            )
+            threshold = 0.5 if unit.probe == "knn" else 0.0
+            metrics = [
+                classification_metrics(
+                    s, data.y_test, n_classes=task.n_classes, threshold=threshold
+                )
+                for s in variants
+            ]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            per_probe = (time.perf_counter() - t0) / (len(seeds) * len(variants))
+            for v, name in enumerate(probe_names):
+                met = {k: val.double().cpu().numpy() for k, val in metrics[v].items()}
+                for b, seed in enumerate(seeds):
+                    yield {
+                        **base,
+                        "probe": name,
+                        "n": n,
+                        "seed": seed,
+                        "n_pos": int((y_np[b] == 1).sum()) if task.n_classes == 2 else None,
+                        "auroc": float(met["auroc"][b]),
+                        "auprc": float(met["auprc"][b]),
+                        "balanced_accuracy": float(met["balanced_accuracy"][b]),
+                        "fit_seconds": per_probe,
+                        "C": float(C[b]) if unit.probe != "knn" else None,
+                        "C_selection": selection,
+                        "converged": bool(conv[b]) if conv is not None else True,
+                        "n_iter": int(iters[b]) if iters is not None else 0,
+                        "status": status,
+                    }
+
+
+# --- the whole sweep ----------------------------------------------------------------------------
+
+
+def _frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    df["n_pos"] = df["n_pos"].astype("Int64")
+    for col in ("auroc", "auprc", "balanced_accuracy", "fit_seconds", "C"):
+        df[col] = df[col].astype("float64")
+    df["converged"] = df["converged"].astype("boolean")
+    df["n_iter"] = df["n_iter"].astype("Int64")
+    df["C_selection"] = df["C_selection"].astype("string")
+    df["split"] = f"col:{cfg.split_col}" if cfg.split_col else f"frac:{cfg.test_frac}"
+    df["group_col"] = cfg.group_col or ""
+    df["split_seed"] = cfg.split_seed
+    df["standardize"] = cfg.standardize
+    df["l2_normalize"] = cfg.l2_normalize
+    df["store_fingerprint"] = cfg.store_fingerprint
+    from fmprobe import __version__
+
+    df["fmprobe_version"] = __version__
+    return df
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def sweep(
+    *,
+    store: str,
+    out: str,
+    features: str | Sequence[str] = "*",
+    tasks: str | Sequence[str] = "label",
+    probe: str | Sequence[str] = "logreg",
+    sampler: str | Sequence[str] = "random",
+    n: str | Sequence[int | str] = "10,20,50,100,all",
+    seeds: int = 5,
+    C: float | str = 1.0,
+    folds: int = 5,
+    knn_k: str | Sequence[int] = "1,5,20",
+    split_col: str | None = None,
+    test_frac: float = 0.25,
+    group_col: str | None = None,
+    split_seed: int = 0,
+    labels: str | None = None,
+    standardize: bool = False,
+    l2_normalize: bool = False,
+    max_iter: int = 500,
+    tol: float = 1e-6,
+    device: str | None = None,
+    seeds_per_unit: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SweepReport:
+    """Run probes over features × tasks × samplers × label counts × seeds into a Parquet table.
+
+    Examples
+    --------
+    >>> sweep(store="digits.zarr", out="results.parquet", features="*/block11/cls",
+    ...       n="10,20,50,100,all", seeds=5)  # doctest: +SKIP
+    """
+    from tqdm import tqdm
+
+    from fmprobe.embed import resolve_device
+
+    t_start = time.perf_counter()
+    fs = open_store(store)
+    probes = tuple(_split_list(probe))
+    bad = [p for p in probes if p not in PROBES]
+    if bad or not probes:
+        raise UsageError(f"--probe {bad[0] if bad else ''!r}: valid probes are {', '.join(PROBES)}")
+    samplers = tuple(_split_list(sampler))
+    bad = [s for s in samplers if s not in SAMPLERS]
+    if bad or not samplers:
+        raise UsageError(
+            f"--sampler {bad[0] if bad else ''!r}: valid samplers are {', '.join(SAMPLERS)}"
+        )
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds}: at least 1")
+    if isinstance(C, str) and C != "auto":
+        try:
+            C = float(C)
+        except ValueError:
+            raise UsageError(f"--C {C!r}: a positive number or 'auto'") from None
+    if not isinstance(C, str) and not C > 0:
+        raise UsageError(f"--C {C}: must be positive (or 'auto')")
+    try:
+        ks = tuple(sorted({int(k) for k in _split_list(knn_k)}))
+    except ValueError:
+        raise UsageError(f"--knn-k {knn_k!r}: comma list of integers, e.g. 1,5,20") from None
+    if "knn" in probes and (not ks or ks[0] < 1):
+        raise UsageError("--knn-k needs positive integers, e.g. 1,5,20")
+    task_objs, table = load_tasks(fs, _split_list(tasks) or ["label"], labels=labels)
+    for col in (split_col, group_col):
+        if col is not None and col not in table.columns:
+            raise UsageError(
+                f"column {col!r} is not in the store or --labels{did_you_mean(col, table.columns)}"
+            )
+    cfg = SweepConfig(
+        features=resolve_features(fs, features),
+        tasks=tuple(t.name for t in task_objs),
+        probes=probes,
+        samplers=samplers,
+        n=parse_ns(n),
+        seeds=seeds,
+        C=C,
+        folds=folds,
+        knn_k=ks,
+        split_col=split_col,
+        test_frac=test_frac,
+        group_col=group_col,
+        split_seed=split_seed,
+        labels=labels,
+        standardize=standardize,
+        l2_normalize=l2_normalize,
+        max_iter=max_iter,
+        tol=tol,
+        store_fingerprint=fs.fingerprint,
+    )
+    split = make_split(
+        n_rows=fs.n,
+        stratify=task_objs[0].codes,
+        split_values=table[split_col].to_numpy() if split_col else None,
+        split_col=split_col,
+        groups=table[group_col].to_numpy() if group_col else None,
+        group_col=group_col,
+        test_frac=test_frac,
+        seed=split_seed,
+    )
+    dev = resolve_device(device)
+    out_path = Path(out)
+    parts = out_path.with_name(out_path.name + ".parts")
+    meta_path = parts / "config.json"
+    if parts.exists() and meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("digest") != cfg.digest():
+            if not overwrite:
+                raise UsageError(
+                    f"{out} holds results of a sweep with other settings; pass a new --out, or "
+                    "--overwrite to start again"
+                )
+            for p in parts.glob("*.parquet"):
+                p.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(
+        json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}, indent=2, default=str)
+    )
+    units = plan_units(cfg, seeds_per_unit=seeds_per_unit)
+    todo = [u for u in units if not (parts / f"{u.name}.parquet").exists()]
+    report = SweepReport(
+        out=str(out_path), rows=0, units_total=len(units), units_done_before=len(units) - len(todo)
+    )
+    variants = {p: (len(ks) if p == "knn" else 1) for p in probes}
+    total = sum(len(u.seeds) * len(cfg.n) * variants[u.probe] for u in todo)
+    bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr, disable=not progress)
+    batch_limit = 1 << 26 if dev.type == "cpu" else 1 << 28
+    tasks_by_name = {t.name: t for t in task_objs}
+    t_loop = time.perf_counter()
+    cache: dict[tuple[str, str], _Data] = {}
+    X_cache: dict[str, np.ndarray] = {}
+    for unit in todo:
+        if unit.feature not in X_cache:
+            X_cache.clear()
+            X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
+        key = (unit.feature, unit.task)
+        if key not in cache:
+            cache.clear()
+            cache[key] = _prepare(
+                X_cache[unit.feature],
+                tasks_by_name[unit.task],
+                split,
+                l2_normalize=l2_normalize,
+                device=dev,
+            )
+        rows = []
+        for row in run_unit(
+            unit, cache[key], tasks_by_name[unit.task], cfg, batch_limit=batch_limit
+        ):
+            rows.append(row)
+            bar.update(1)
+        _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
+        report.probes_fitted += sum(1 for r in rows if r["status"] == "ok")
+    bar.close()
+    loop_seconds = time.perf_counter() - t_loop
+    frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in units]
+    result = pd.concat(frames, ignore_index=True) if frames else _frame([], cfg)
+    _write_atomic(result, out_path)
+    report.rows = len(result)
+    report.seconds = loop_seconds if todo else time.perf_counter() - t_start
+    bad_conv = result[(result["status"] == "ok") & (result["converged"] == False)]  # noqa: E712
+    report.not_converged = len(bad_conv)
+    if len(bad_conv):
+        msg = (
+            f"{len(bad_conv)} of {int((result['status'] == 'ok').sum())} probes stopped at "
+            f"max_iter={max_iter} before tol={tol}; raise --max-iter or lower --C "
+            "(the `converged` column marks them)"
+        )
+        report.warnings.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    return report

@@ -1,0 +1,125 @@
+"""Train/test splits and nested, stratified training subsets.
+
+A training subset for (seed, n) is the first n rows of one seeded ordering of the pool, so
+subsets are nested across n (the n=20 set contains the n=10 set). The ordering is stratified
+at every prefix (each class's rows are spread evenly along it) and starts with one row of each
+class, so any n >= the number of classes holds every class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fmprobe.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices (into the store) of the training pool and the test set."""
+
+    train: np.ndarray
+    test: np.ndarray
+    method: str  # "column:<name>" or "stratified:<frac>" (+ ",grouped:<col>")
+    seed: int
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(values).astype(str), return_inverse=True)[1]
+
+
+def make_split(
+    *,
+    n_rows: int,
+    stratify: np.ndarray | None = None,
+    split_values: np.ndarray | None = None,
+    split_col: str | None = None,
+    groups: np.ndarray | None = None,
+    group_col: str | None = None,
+    test_frac: float = 0.25,
+    seed: int = 0,
+) -> Split:
+    """Split rows into a training pool and a test set.
+
+    ``split_values`` (a column of ``train``/``test``) wins; otherwise a stratified random
+    ``test_frac`` of the rows, whole groups at a time when ``groups`` is given (no patient on
+    both sides), stratified on the groups' majority class.
+    """
+    if split_values is not None:
+        values = np.asarray(split_values).astype(str)
+        bad = sorted(set(values) - {"train", "test"})
+        if bad:
+            raise UsageError(
+                f"--split-col {split_col!r} holds {bad[:3]}; its values must be 'train' or 'test'"
+            )
+        train, test = np.flatnonzero(values == "train"), np.flatnonzero(values == "test")
+        if not len(train) or not len(test):
+            raise UsageError(f"--split-col {split_col!r} has no 'train' or no 'test' rows")
+        return Split(train=train, test=test, method=f"column:{split_col}", seed=seed)
+    if not 0 < test_frac < 1:
+        raise UsageError(f"--test-frac {test_frac}: must lie strictly between 0 and 1")
+    rng = np.random.default_rng(seed)
+    strat = _codes(stratify) if stratify is not None else np.zeros(n_rows, np.int64)
+    unit = np.arange(n_rows) if groups is None else _codes(groups)
+    n_units = int(unit.max()) + 1
+    # one stratum per unit: the most frequent class among its rows
+    counts = np.zeros((n_units, int(strat.max()) + 1), np.int64)
+    np.add.at(counts, (unit, strat), 1)
+    unit_stratum = counts.argmax(1)
+    unit_size = counts.sum(1)
+    test_units = []
+    for c in np.unique(unit_stratum):
+        members = np.flatnonzero(unit_stratum == c)
+        members = members[rng.permutation(len(members))]
+        target = test_frac * unit_size[members].sum()
+        cum = np.cumsum(unit_size[members])
+        k = int(np.searchsorted(cum, target, side="left")) + 1 if target > 0 else 0
+        k = min(max(k, 1 if len(members) > 1 else 0), len(members) - 1) if len(members) > 1 else 0
+        test_units.append(members[:k])
+    is_test_unit = np.zeros(n_units, bool)
+    is_test_unit[np.concatenate(test_units) if test_units else []] = True
+    is_test = is_test_unit[unit]
+    method = f"stratified:{test_frac}" + (f",grouped:{group_col}" if groups is not None else "")
+    return Split(
+        train=np.flatnonzero(~is_test), test=np.flatnonzero(is_test), method=method, seed=seed
+    )
+
+
+def nested_order(labels: np.ndarray, *, seed: int) -> np.ndarray:
+    """A seeded ordering of ``labels``' positions whose every prefix is stratified.
+
+    The first ``n_classes`` positions hold one row of each class; after that, the rows of each
+    class are spread evenly (systematic sampling with a random phase), so a prefix of length n
+    has about n·p_c rows of class c.
+
+    >>> order = nested_order(np.array([0, 0, 0, 1, 1, 1]), seed=0)
+    >>> sorted(np.array([0, 0, 0, 1, 1, 1])[order[:2]].tolist())
+    [0, 1]
+    """
+    rng = np.random.default_rng(seed)
+    codes = _codes(labels)
+    key = np.empty(len(codes), np.float64)
+    for c in np.unique(codes):
+        members = np.flatnonzero(codes == c)
+        perm = rng.permutation(len(members))
+        # fractional position along the ordering; the first member of each class goes first
+        pos = (np.arange(len(members)) + rng.random()) / len(members)
+        pos[0] = -1.0 + rng.random() * 1e-3
+        key[members[perm]] = pos
+    tiebreak = rng.random(len(codes))
+    return np.lexsort((tiebreak, key))
+
+
+def fold_masks(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:
+    """(k, n) boolean masks of stratified validation folds (True = held out): each class's
+    rows are dealt round-robin over the folds, from a random fold onwards."""
+    rng = np.random.default_rng(seed)
+    codes = _codes(labels)
+    fold = np.empty(len(codes), np.int64)
+    start = 0
+    for c in np.unique(codes):
+        members = np.flatnonzero(codes == c)
+        fold[members[rng.permutation(len(members))]] = (np.arange(len(members)) + start) % k
+        start = (start + len(members)) % k  # the next class starts where this one stopped
+    return np.stack([fold == i for i in range(k)])

@@ -1,0 +1,247 @@
+"""The sweep: splits and nested subsets, results against scikit-learn fitted on the same rows,
+resume after kill -9, multi-label masking, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+
+from fmprobe.errors import UsageError
+from fmprobe.store import import_features, open_store
+from fmprobe.sweep import sweep
+from fmprobe.sweep.splits import fold_masks, make_split, nested_order
+from fmprobe.sweep.tasks import load_tasks
+
+# --- splits and subsets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nested_order_prefixes_are_nested_stratified_and_hold_every_class(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=300, p=[0.7, 0.2, 0.1])
+    order = nested_order(y, seed=seed)
+    assert sorted(order.tolist()) == list(range(300))
+    assert set(y[order[:3]]) == {0, 1, 2}
+    for n in (10, 20, 50, 100, 200):
+        counts = np.bincount(y[order[:n]], minlength=3)
+        expected = n * np.bincount(y, minlength=3) / 300
+        assert np.all(np.abs(counts - expected) <= 2), (n, counts, expected)
+    assert np.array_equal(order, nested_order(y, seed=seed))
+    assert not np.array_equal(order, nested_order(y, seed=seed + 100))
+
+
+def test_stratified_and_grouped_splits() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.choice(2, size=1000, p=[0.8, 0.2])
+    s = make_split(n_rows=1000, stratify=y, test_frac=0.25, seed=0)
+    assert len(np.intersect1d(s.train, s.test)) == 0 and len(s.train) + len(s.test) == 1000
+    assert abs(len(s.test) - 250) <= 2
+    assert abs(y[s.test].mean() - y.mean()) < 0.02
+    patients = rng.integers(0, 200, 1000)
+    g = make_split(n_rows=1000, stratify=y, groups=patients, test_frac=0.25, seed=0)
+    assert not set(patients[g.train]) & set(patients[g.test])
+    assert 0.18 < len(g.test) / 1000 < 0.32
+    col = np.where(np.arange(1000) < 700, "train", "test")
+    c = make_split(n_rows=1000, split_values=col, split_col="split")
+    assert np.array_equal(c.test, np.arange(700, 1000))
+    with pytest.raises(UsageError, match="'train' or 'test'"):
+        make_split(n_rows=3, split_values=np.array(["train", "val", "test"]), split_col="split")
+
+
+def test_fold_masks_partition_the_rows() -> None:
+    y = np.array([0] * 12 + [1] * 8)
+    m = fold_masks(y, k=4, seed=0)
+    assert m.shape == (4, 20) and np.array_equal(m.sum(0), np.ones(20))
+    assert all(y[f].sum() == 2 for f in m)
+
+
+# --- a store made of a known problem ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("sweep")
+    N, D = 400, 24
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    finding = (X[:, 0] + X[:, 1] + rng.normal(size=N) > 0.8).astype(int)
+    tissue = np.array(["tumor", "stroma", "fat"])[np.argmax(X[:, 2:5] + rng.normal(size=(N, 3)), 1)]
+    table = pd.DataFrame({
+        "id": [f"case{i:03d}" for i in range(N)],
+        "finding": finding,
+        "tissue": tissue,
+        "patient": rng.integers(0, 150, N),
+        "constant": 1,
+    })  # fmt: skip
+    np.save(root / "a.npy", X)
+    np.save(root / "b.npy", X[:, :12] + rng.normal(size=(N, 12)).astype(np.float32))
+    table.to_csv(root / "t.csv", index=False)
+    import_features(
+        root / "s.zarr", name="enc_a/last/cls", features=root / "a.npy", labels=root / "t.csv"
+    )
+    import_features(
+        root / "s.zarr", name="enc_b/last/cls", features=root / "b.npy", labels=root / "t.csv"
+    )
+    return root / "s.zarr"
+
+
+def test_results_equal_sklearn_on_the_same_rows(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_a/*", tasks="finding,tissue",
+          n="10,40,all", seeds=3, C=0.5, progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    assert len(res) == 2 * 3 * 3
+    required = ["feature", "task", "probe", "sampler", "n", "seed", "n_pos", "auroc", "auprc",
+                "balanced_accuracy", "fit_seconds"]  # fmt: skip
+    assert set(required) <= set(res.columns)
+    fs = open_store(store)
+    X = fs.read_feature("enc_a/last/cls").astype(np.float64)
+    tasks, _ = load_tasks(fs, ["finding", "tissue"])
+    split = make_split(n_rows=fs.n, stratify=tasks[0].codes, test_frac=0.25, seed=0)
+    for task in tasks:
+        y = task.codes
+        pool, test = split.train, split.test
+        for row in res[res.task == task.name].itertuples():
+            order = nested_order(y[pool], seed=row.seed)
+            idx = pool[order[: row.n]]
+            assert row.n == len(idx) and (
+                row.n_pos == (y[idx] == 1).sum() if task.n_classes == 2 else True
+            )
+            ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=100_000).fit(X[idx], y[idx])
+            if task.n_classes == 2:
+                s = ref.decision_function(X[test])
+                assert abs(row.auroc - roc_auc_score(y[test], s)) <= 1e-4
+                assert abs(row.auprc - average_precision_score(y[test], s)) <= 1e-4
+            else:
+                p = ref.predict_proba(X[test])
+                assert abs(row.auroc - roc_auc_score(y[test], p, multi_class="ovr")) <= 1e-4
+            assert (
+                abs(row.balanced_accuracy - balanced_accuracy_score(y[test], ref.predict(X[test])))
+                <= 1e-9
+            )
+
+
+def test_n_larger_than_the_pool_and_other_probes(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_b/last/cls", tasks="finding",
+          probe="logreg,ridge,knn", knn_k="1,5", n="2,1,5000", seeds=2, progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    assert set(res.probe) == {"logreg", "ridge", "knn1", "knn5"}
+    assert (
+        set(res[res.n == 5000].status) == {"n_exceeds_pool"}
+        and res[res.n == 5000].auroc.isna().all()
+    )
+    assert set(res[res.n == 1].status) == {"n_below_classes"}
+    ok = res[res.n == 2]
+    assert (ok.status == "ok").all() and (ok.n_pos == 1).all()
+
+
+def test_C_auto_picks_from_the_grid_by_cross_validation(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_a/last/cls", tasks="finding",
+          n="60", seeds=2, C="auto", folds=3, progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    assert set(res.C_selection) == {"cv"}
+    assert all(np.isclose(np.logspace(-4, 4, 10), c).any() for c in res.C)
+
+
+def test_multilabel_missing_labels_are_masked_per_task(store: Path, tmp_path: Path) -> None:
+    fs = open_store(store)
+    ids = fs.ids
+    rng = np.random.default_rng(1)
+    extra = pd.DataFrame({"id": ids, "effusion": rng.integers(0, 2, len(ids)).astype(float),
+                          "nodule": rng.integers(0, 2, len(ids)).astype(float)})  # fmt: skip
+    extra.loc[::3, "effusion"] = np.nan
+    extra.loc[1::5, "nodule"] = np.nan
+    extra.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_a/last/cls", tasks="effusion,nodule",
+          labels=str(tmp_path / "labels.csv"), n="all", seeds=1, progress=False)  # fmt: skip
+    res = pd.read_parquet(out).set_index("task")
+    split = make_split(
+        n_rows=len(ids), stratify=np.where(extra.effusion.isna(), -1, extra.effusion), seed=0
+    )
+    for task in ("effusion", "nodule"):
+        labelled = extra[task].notna().to_numpy()
+        assert res.loc[task, "n"] == labelled[split.train].sum()
+        assert res.loc[task, "n_test"] == labelled[split.test].sum()
+
+
+def _sweep_cmd(store: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "fmprobe.cli", "sweep", "--store", str(store), "--out", str(out),
+            "--features", "enc_a/last/cls", "--tasks", "finding", "--n", "10,20,50,100,all",
+            "--seeds", "256", "--quiet"]  # fmt: skip
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full.parquet", tmp_path / "killed.parquet"
+    subprocess.run(_sweep_cmd(store, full), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(
+        _sweep_cmd(store, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    parts = tmp_path / "killed.parquet.parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_parts = len(list(parts.glob("*.parquet")))
+    assert 0 < n_parts < 8 and not killed.exists(), "the kill should land mid-run"
+    subprocess.run(_sweep_cmd(store, killed), check=True, env=env, capture_output=True)
+    a = pd.read_parquet(full).drop(columns="fit_seconds")
+    b = pd.read_parquet(killed).drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_config_equals_flags(store: Path, tmp_path: Path) -> None:
+    import yaml
+
+    cfg = {"store": str(store), "features": ["enc_b/last/cls"], "tasks": "finding", "n": [10, "all"],
+           "seeds": 2, "C": 0.3, "quiet": True}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "fmprobe.cli", "sweep"]
+    subprocess.run(
+        [*base, "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "a.parquet")],
+        check=True,
+        env=env,
+    )
+    subprocess.run([*base, "--store", str(store), "--features", "enc_b/last/cls", "--tasks", "finding", "--n", "10,all",
+                    "--seeds", "2", "--C", "0.3", "--quiet", "--out", str(tmp_path / "b.parquet")], check=True, env=env)  # fmt: skip
+    a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
+    b = pd.read_parquet(tmp_path / "b.parquet").drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--features", "enc_c/*"], "matches no feature"),
+        (["--tasks", "findng"], "did you mean 'finding'"),
+        (["--tasks", "constant"], "a task needs at least two"),
+        (["--n", "0"], "at least 1"),
+        (["--n", "ten"], "label counts"),
+        (["--probe", "svm"], "valid probes"),
+        (["--C", "-1"], "positive"),
+        (["--group-col", "patiant"], "did you mean 'patient'"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(
+    store: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fmprobe.cli", "sweep", "--store", str(store), "--out",
+                           str(tmp_path / "r.parquet"), "--tasks", "finding", "--quiet", *args],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
