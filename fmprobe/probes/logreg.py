@@ -237,21 +237,28 @@ def _lbfgs(
     target = y.to(dtype)[:, :, None] if n_classes == 2 else F.one_hot(y.long(), n_classes).to(dtype)
 
     def unpack(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return theta[:, : D * Kc].reshape(B, D, Kc), theta[:, D * Kc :]
+        return theta[:, : D * Kc].reshape(len(theta), D, Kc), theta[:, D * Kc :]
 
-    def fg(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fg(
+        theta: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective and gradient of the problems ``rows`` (all when None) at ``theta``."""
+        if rows is None or len(rows) == B:
+            Xr, mr, tr, ic = Xw, m, target, invC
+        else:
+            Xr, mr, tr, ic = Xw[rows], m[rows], target[rows], invC[rows]
         W, b = unpack(theta)
-        z = torch.bmm(Xw, W.to(Xw.dtype)).to(dtype) + b[:, None, :]
+        z = torch.bmm(Xr, W.to(Xr.dtype)).to(dtype) + b[:, None, :]
         if n_classes == 2:
-            loss = (m[:, :, None] * (F.softplus(z) - target * z)).sum((1, 2))
-            dz = m[:, :, None] * (torch.sigmoid(z) - target)
+            loss = (mr[:, :, None] * (F.softplus(z) - tr * z)).sum((1, 2))
+            dz = mr[:, :, None] * (torch.sigmoid(z) - tr)
         else:
             lse = torch.logsumexp(z, dim=2, keepdim=True)
-            loss = (m[:, :, None] * (lse - z) * target).sum((1, 2))
-            dz = m[:, :, None] * (torch.exp(z - lse) - target)
-        loss = loss + 0.5 * invC[:, 0] * (W * W).sum((1, 2))
-        gW = torch.bmm(Xw.transpose(1, 2), dz.to(Xw.dtype)).to(dtype) + W * invC[:, :, None]
-        return loss, torch.cat([gW.reshape(B, -1), dz.sum(1)], dim=1)
+            loss = (mr[:, :, None] * (lse - z) * tr).sum((1, 2))
+            dz = mr[:, :, None] * (torch.exp(z - lse) - tr)
+        loss = loss + 0.5 * ic[:, 0] * (W * W).sum((1, 2))
+        gW = torch.bmm(Xr.transpose(1, 2), dz.to(Xr.dtype)).to(dtype) + W * ic[:, :, None]
+        return loss, torch.cat([gW.reshape(len(theta), -1), dz.sum(1)], dim=1)
 
     theta = torch.zeros(B, P, dtype=dtype, device=X.device)
     _, g_zero = fg(theta)
@@ -291,13 +298,22 @@ def _lbfgs(
         slope = (g * d).sum(1)
         step = torch.ones(B, dtype=dtype, device=X.device)
         active = ~converged
-        for _ls in range(40):
-            theta_new = theta + step[:, None] * d
-            f_new, g_new = fg(theta_new)
-            ok = (f_new <= f + 1e-4 * step * slope) | ~active
-            if bool(ok.all()):
+        # backtracking on the problems that still need it only: stragglers cost their own
+        # evaluations, not the whole batch's
+        theta_new, f_new, g_new = theta.clone(), f.clone(), g.clone()
+        accepted = torch.zeros(B, dtype=torch.bool, device=X.device)
+        pending = torch.nonzero(active)[:, 0]
+        for _ls in range(30):
+            th = theta[pending] + step[pending, None] * d[pending]
+            fp, gp = fg(th, pending)
+            okp = fp <= f[pending] + 1e-4 * step[pending] * slope[pending]
+            theta_new[pending], f_new[pending], g_new[pending] = th, fp, gp
+            accepted[pending] = okp
+            pending = pending[~okp]
+            if len(pending) == 0:
                 break
-            step = torch.where(ok, step, step / 2)
+            step[pending] = step[pending] / 2
+        ok = accepted | ~active
         upd = ok & active
         s_vec = torch.where(upd[:, None], theta_new - theta, torch.zeros_like(theta))
         y_vec = torch.where(upd[:, None], g_new - g, torch.zeros_like(g))
