@@ -31,6 +31,13 @@ demo: $(STAMP)
 	$(BIN)/fmprobe embed --data builtin:digits --model $(DEMO_MODEL) --random-init \
 		--store $(DEMO)/digits.zarr
 	$(BIN)/fmprobe store info $(DEMO)/digits.zarr
+	@echo "demo: learning curves of logistic-regression probes (5 seeds per label count):"
+	$(BIN)/fmprobe sweep --store $(DEMO)/digits.zarr --out $(DEMO)/results.parquet \
+		--features '*/block11/*,*/block5/cls' --tasks label --n 10,20,50,100,200,all --seeds 5
+	@$(PY) -c "import pandas as pd; r = pd.read_parquet('$(DEMO)/results.parquet'); \
+		t = r.pivot_table(index='n', columns='feature', values='auroc', aggfunc='mean'); \
+		t.columns = [c.split('/', 1)[1] for c in t.columns]; \
+		print('mean macro AUROC on the test split, by label count n:'); print(t.round(3).to_string())"
 
 lint: $(STAMP)
 	$(BIN)/ruff check fmprobe tests benchmarks
@@ -42,6 +49,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -247,3 +247,12 @@ def test_bad_input_gives_one_line_and_exit_2(
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_nested_order_head_equals_the_full_orderings_prefix() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.choice(4, size=5000, p=[0.5, 0.3, 0.15, 0.05])
+    for seed in range(3):
+        full = nested_order(y, seed=seed)
+        for n in (1, 4, 37, 1000, 4999):
+            np.testing.assert_array_equal(nested_order(y, seed=seed, n_max=n), full[:n])

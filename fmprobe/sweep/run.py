@@ -362,7 +362,8 @@ def run_unit(
     pool_size = len(data.y_pool)
     ns = [pool_size if n == "all" else int(n) for n in cfg.n]
     ns = list(dict.fromkeys(ns))
-    orders = {s: nested_order(data.y_pool, seed=s) for s in unit.seeds} if pool_size else {}
+    n_max = min(pool_size, max(ns))
+    orders = {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
     probe_names = [f"knn{k}" for k in cfg.knn_k] if unit.probe == "knn" else [unit.probe]
     base = {
         "feature": unit.feature,

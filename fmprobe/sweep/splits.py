@@ -26,7 +26,10 @@ class Split:
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
-    return np.unique(np.asarray(values).astype(str), return_inverse=True)[1]
+    values = np.asarray(values)
+    if values.dtype.kind not in "iub":
+        values = values.astype(str)
+    return np.unique(values, return_inverse=True)[1]
 
 
 def make_split(
@@ -86,12 +89,13 @@ def make_split(
     )
 
 
-def nested_order(labels: np.ndarray, *, seed: int) -> np.ndarray:
+def nested_order(labels: np.ndarray, *, seed: int, n_max: int | None = None) -> np.ndarray:
     """A seeded ordering of ``labels``' positions whose every prefix is stratified.
 
     The first ``n_classes`` positions hold one row of each class; after that, the rows of each
     class are spread evenly (systematic sampling with a random phase), so a prefix of length n
-    has about n·p_c rows of class c.
+    has about n·p_c rows of class c. ``n_max`` returns only the first ``n_max`` positions
+    (the same as the full ordering's prefix, computed without sorting the whole pool).
 
     >>> order = nested_order(np.array([0, 0, 0, 1, 1, 1]), seed=0)
     >>> sorted(np.array([0, 0, 0, 1, 1, 1])[order[:2]].tolist())
@@ -100,15 +104,22 @@ def nested_order(labels: np.ndarray, *, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     codes = _codes(labels)
     key = np.empty(len(codes), np.float64)
-    for c in np.unique(codes):
+    for c in range(int(codes.max()) + 1 if len(codes) else 0):
         members = np.flatnonzero(codes == c)
+        if not len(members):
+            continue
         perm = rng.permutation(len(members))
         # fractional position along the ordering; the first member of each class goes first
         pos = (np.arange(len(members)) + rng.random()) / len(members)
         pos[0] = -1.0 + rng.random() * 1e-3
         key[members[perm]] = pos
     tiebreak = rng.random(len(codes))
-    return np.lexsort((tiebreak, key))
+    if n_max is None or n_max >= len(codes):
+        return np.lexsort((tiebreak, key))
+    head = np.argpartition(key, n_max)[: n_max + 1]
+    # rows whose key equals the boundary key are kept so the tiebreak decides as in a full sort
+    head = np.union1d(head, np.flatnonzero(key == key[head].max()))
+    return head[np.lexsort((tiebreak[head], key[head]))][:n_max]
 
 
 def fold_masks(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:

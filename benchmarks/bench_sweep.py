@@ -1,0 +1,159 @@
+"""Sweep throughput: fmprobe's batched logistic-regression probes against scikit-learn at its
+best on the same cores, per label count n, in one process run.
+
+Same synthetic data for both (D = 768, a 10,000-row training pool, 5,000 test rows). For each n
+the same (n, seed) subsets are fitted by
+- fmprobe: ``fmprobe.sweep.sweep`` end to end (store read, subsets, fits, test scoring, AUROC,
+  Parquet) on all cores;
+- scikit-learn: ``LogisticRegression(C=1)`` (default lbfgs, tol 1e-4) + ``roc_auc_score`` on the
+  test rows, one process per core with one BLAS thread each (with default BLAS threads
+  scikit-learn is much slower on few cores, so that would be no fair reference).
+The figure is probes per second; the ratio is fmprobe / scikit-learn. As a correctness check,
+both sides' AUROC on three subsets is compared with the AUROC at the exact optimum
+(newton-cholesky in float64 at tol 1e-10).
+
+    python benchmarks/bench_sweep.py                 # n = 20, 100, 500, 2000
+    python benchmarks/bench_sweep.py --n 20,100 --seconds 20 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+POOL, TEST, D = 10_000, 5_000, 768
+
+
+def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(POOL + TEST, D)).astype(np.float32)
+    w = rng.normal(size=D) / np.sqrt(D)
+    y = (X @ w * 3 + rng.normal(size=len(X)) > 0.5).astype(int)
+    return X, y
+
+
+_STATE: dict[str, np.ndarray] = {}
+
+
+def _init(X: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _STATE.update(X=X.astype(np.float64), y=y, pool=pool, test=test)
+
+
+def _sk_fit(idx: np.ndarray) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    X, y, test = _STATE["X"], _STATE["y"], _STATE["test"]
+    clf = LogisticRegression(C=1.0).fit(X[idx], y[idx])
+    return float(roc_auc_score(y[test], clf.decision_function(X[test])))
+
+
+def _exact_auroc(
+    X: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, n: int, seed: int
+) -> float:
+    """AUROC at the exact optimum (newton-cholesky, float64, tol 1e-10) for one subset."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from fmprobe.sweep.splits import nested_order
+
+    idx = pool[nested_order(y[pool], seed=seed)[:n]]
+    Xd = X.astype(np.float64)
+    clf = LogisticRegression(C=1.0, solver="newton-cholesky", tol=1e-10, max_iter=1000)
+    clf.fit(Xd[idx], y[idx])
+    return float(roc_auc_score(y[test], clf.decision_function(Xd[test])))
+
+
+def _max_err(auroc: pd.Series, exact: dict[int, float]) -> float:
+    """Largest |AUROC − AUROC at the exact optimum| over the seeds checked."""
+    return float(f"{max(abs(auroc[s] - a) for s, a in exact.items()):.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="20,100,500,2000")
+    ap.add_argument("--seconds", type=float, default=15.0, help="time budget per n and side")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from fmprobe.store import import_features
+    from fmprobe.sweep import sweep
+    from fmprobe.sweep.splits import make_split, nested_order
+
+    X, y = make_data()
+    cores = os.cpu_count() or 1
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        np.save(tmpd / "f.npy", X)
+        split = np.where(np.arange(len(X)) < POOL, "train", "test")
+        pd.DataFrame({"id": [f"r{i}" for i in range(len(X))], "label": y, "split": split}).to_csv(
+            tmpd / "t.csv", index=False
+        )
+        import_features(
+            tmpd / "s.zarr", name="bench", features=tmpd / "f.npy", labels=tmpd / "t.csv"
+        )
+        sp = make_split(n_rows=len(X), split_values=split, split_col="split")
+        with ProcessPoolExecutor(
+            cores, initializer=_init, initargs=(X, y, sp.train, sp.test)
+        ) as ex:
+            list(ex.map(_sk_fit, [sp.train[:50]] * cores))  # warm the workers
+            for n in [int(v) for v in args.n.split(",")]:
+                # scikit-learn: as many seeds as fit in the budget
+                seeds, sk_auc, t0 = 0, {}, time.perf_counter()
+                while time.perf_counter() - t0 < args.seconds:
+                    batch = range(seeds, seeds + 4 * cores)
+                    idx = [sp.train[nested_order(y[sp.train], seed=s)[:n]] for s in batch]
+                    for s, a in zip(batch, ex.map(_sk_fit, idx), strict=True):
+                        sk_auc[s] = a
+                    seeds += len(batch)
+                sk_rate = seeds / (time.perf_counter() - t0)
+                # fmprobe: the same seeds (hence the same subsets), whole sweep call timed
+                fm_seeds = max(seeds, 8)
+                out = tmpd / f"r{n}.parquet"
+                t0 = time.perf_counter()
+                sweep(store=str(tmpd / "s.zarr"), out=str(out), features="bench", tasks="label",
+                      n=str(n), seeds=fm_seeds, split_col="split", C=1.0,
+                      device=args.device, progress=False)  # fmt: skip
+                fm_rate = fm_seeds / (time.perf_counter() - t0)
+                res = pd.read_parquet(out).set_index("seed")
+                exact = {s: _exact_auroc(X, y, sp.train, sp.test, n, s) for s in range(3)}
+                row = {
+                    "n": n,
+                    "fmprobe_probes_per_s": round(fm_rate, 1),
+                    "sklearn_probes_per_s": round(sk_rate, 1),
+                    "ratio": round(fm_rate / sk_rate, 2),
+                    "fmprobe_auroc_err": _max_err(res["auroc"], exact),
+                    "sklearn_auroc_err": _max_err(pd.Series(sk_auc), exact),
+                    "seeds": fm_seeds,
+                }
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    summary = {
+        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "cores": cores,
+        "D": D,
+        "test_rows": TEST,
+        "results": results,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
