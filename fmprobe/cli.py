@@ -263,7 +263,9 @@ def embed(**opts: Any) -> None:
 )
 @click.option("--l2-normalize", is_flag=True, help="Scale each feature row to unit norm.")
 @click.option("--max-iter", default=500, show_default=True, type=int)
-@click.option("--tol", default=1e-6, show_default=True, type=float)
+@click.option(
+    "--tol", default=1e-5, show_default=True, type=float, help="Relative gradient-norm tolerance."
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option(
     "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."
