@@ -39,7 +39,7 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _json_option(value: str | None, name: str) -> dict[str, Any]:
+def _parse_json_object(value: str | None, name: str) -> dict[str, Any]:
     if not value:
         return {}
     try:
@@ -91,6 +91,15 @@ config_option = click.option(
     is_eager=True,
     expose_value=False,
     help="YAML file of option values (names as the flags); flags given on the line win.",
+)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."
+)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+device_option = click.option(
+    "--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)."
 )
 
 
@@ -148,7 +157,7 @@ def main() -> None:
     "--name", default=None, help="Name of the model group in the store (default: from --model)."
 )
 @click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@device_option
 @click.option(
     "--num-workers",
     default=None,
@@ -173,8 +182,8 @@ def main() -> None:
     is_flag=True,
     help="Replace this model's features (or the whole store if the dataset changed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+@quiet_option
 @config_option
 @friendly
 def embed(**opts: Any) -> None:
@@ -189,7 +198,7 @@ def embed(**opts: Any) -> None:
     from fmprobe.embed import embed as run_embed
 
     as_json, quiet = opts.pop("as_json"), opts.pop("quiet")
-    opts["model_kwargs"] = _json_option(opts["model_kwargs"], "--model-kwargs")
+    opts["model_kwargs"] = _parse_json_object(opts["model_kwargs"], "--model-kwargs")
     opts["amp"] = not opts.pop("no_amp")
     report = run_embed(**opts, progress=not quiet)
     if report.rows_embedded == 0:
@@ -266,12 +275,12 @@ def embed(**opts: Any) -> None:
 @click.option(
     "--tol", default=1e-5, show_default=True, type=float, help="Relative gradient-norm tolerance."
 )
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@device_option
 @click.option(
     "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+@quiet_option
 @config_option
 @friendly
 def sweep(**opts: Any) -> None:
