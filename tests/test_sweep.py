@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
@@ -256,3 +257,34 @@ def test_nested_order_head_equals_the_full_orderings_prefix() -> None:
         full = nested_order(y, seed=seed)
         for n in (1, 4, 37, 1000, 4999):
             np.testing.assert_array_equal(nested_order(y, seed=seed, n_max=n), full[:n])
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_results(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fmprobe.sweep.run as run
+
+    args = dict(
+        store=str(store),
+        features="enc_a/last/cls",
+        tasks="finding",
+        n="10,40",
+        seeds=8,
+        progress=False,
+    )
+    sweep(out=str(tmp_path / "a.parquet"), **args)  # type: ignore[arg-type]
+    real = run._scores
+    sizes: list[int] = []
+
+    def small_device(probe: str, Xb: torch.Tensor, *a: object, **k: object) -> object:
+        sizes.append(Xb.shape[0])
+        if Xb.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large for the device")
+        return real(probe, Xb, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run, "_scores", small_device)
+    sweep(out=str(tmp_path / "b.parquet"), **args)  # type: ignore[arg-type]
+    assert max(sizes) == 8 and sizes[-1] <= 2
+    a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
+    b = pd.read_parquet(tmp_path / "b.parquet").drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-9)

@@ -395,77 +395,122 @@ def run_unit(
             limit = min(limit, CPU_CACHE_ELEMENTS)
         per_problem = n * data.X_pool.shape[1] * (len(C_GRID) * cfg.folds if cfg.C == "auto" else 1)
         step = max(1, limit // max(1, per_problem))
-        for start in range(0, len(unit.seeds), step):
+        start = 0
+        while start < len(unit.seeds):
             seeds = unit.seeds[start : start + step]
-            t0 = time.perf_counter()
-            idx = np.stack([orders[s][:n] for s in seeds])
-            y_np = data.y_pool[idx]
-            Xb = data.X_pool[torch.as_tensor(idx, device=device)] - center
-            yb = torch.as_tensor(y_np, device=device)
-            selection = "fixed"
-            if unit.probe == "knn":
-                C = torch.ones(len(seeds), dtype=torch.float64, device=device)
-                selection = "none"
-            elif cfg.C == "auto":
-                C, selection = _choose_C(
-                    unit.probe,
-                    Xb,
-                    yb,
-                    y_np,
-                    n_classes=task.n_classes,
-                    folds=cfg.folds,
-                    seeds=seeds,
-                    standardize=cfg.standardize,
-                    max_iter=cfg.max_iter,
-                    tol=cfg.tol,
-                )
-            else:
-                C = torch.full((len(seeds),), float(cfg.C), dtype=torch.float64, device=device)
-            variants, conv, iters = _scores(
-                unit.probe,
-                Xb,
-                yb,
-                X_test,
-                C,
-                n_classes=task.n_classes,
-                mask=None,
-                standardize=cfg.standardize,
-                knn_k=cfg.knn_k,
-                max_iter=cfg.max_iter,
-                tol=cfg.tol,
+            try:
+                rows = _fit_batch(unit, data, task, cfg, n=n, seeds=seeds, orders=orders,
+                                  center=center, X_test=X_test, base=base,
+                                  probe_names=probe_names)  # fmt: skip
+            except torch.OutOfMemoryError:
+                if len(seeds) == 1:
+                    raise
+                step = max(1, len(seeds) // 2)  # the device is full: retry in halves
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            yield from rows
+            start += len(seeds)
+
+
+def _fit_batch(
+    unit: Unit,
+    data: _Data,
+    task: Task,
+    cfg: SweepConfig,
+    *,
+    n: int,
+    seeds: tuple[int, ...],
+    orders: dict[int, np.ndarray],
+    center: torch.Tensor,
+    X_test: torch.Tensor,
+    base: dict[str, Any],
+    probe_names: list[str],
+) -> list[dict[str, Any]]:
+    """Fit and score the (n, seed) problems of ``seeds`` as one batch; one row per variant."""
+    device = data.X_pool.device
+    status = "ok"
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    idx = np.stack([orders[s][:n] for s in seeds])
+    y_np = data.y_pool[idx]
+    Xb = data.X_pool[torch.as_tensor(idx, device=device)] - center
+    yb = torch.as_tensor(y_np, device=device)
+    selection = "fixed"
+    if unit.probe == "knn":
+        C = torch.ones(len(seeds), dtype=torch.float64, device=device)
+        selection = "none"
+    elif cfg.C == "auto":
+        C, selection = _choose_C(
+            unit.probe,
+            Xb,
+            yb,
+            y_np,
+            n_classes=task.n_classes,
+            folds=cfg.folds,
+            seeds=seeds,
+            standardize=cfg.standardize,
+            max_iter=cfg.max_iter,
+            tol=cfg.tol,
+        )
+    else:
+        C = torch.full((len(seeds),), float(cfg.C), dtype=torch.float64, device=device)
+    variants, conv, iters = _scores(
+        unit.probe,
+        Xb,
+        yb,
+        X_test,
+        C,
+        n_classes=task.n_classes,
+        mask=None,
+        standardize=cfg.standardize,
+        knn_k=cfg.knn_k,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+    )
+    threshold = 0.5 if unit.probe == "knn" else 0.0
+    metrics = [
+        classification_metrics(s, data.y_test, n_classes=task.n_classes, threshold=threshold)
+        for s in variants
+    ]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_probe = (time.perf_counter() - t0) / (len(seeds) * len(variants))
+    for v, name in enumerate(probe_names):
+        met = {k: val.double().cpu().numpy() for k, val in metrics[v].items()}
+        for b, seed in enumerate(seeds):
+            rows.append(
+                {
+                    **base,
+                    "probe": name,
+                    "n": n,
+                    "seed": seed,
+                    "n_pos": int((y_np[b] == 1).sum()) if task.n_classes == 2 else None,
+                    "auroc": float(met["auroc"][b]),
+                    "auprc": float(met["auprc"][b]),
+                    "balanced_accuracy": float(met["balanced_accuracy"][b]),
+                    "fit_seconds": per_probe,
+                    "C": float(C[b]) if unit.probe != "knn" else None,
+                    "C_selection": selection,
+                    "converged": bool(conv[b]) if conv is not None else True,
+                    "n_iter": int(iters[b]) if iters is not None else 0,
+                    "status": status,
+                }
             )
-            threshold = 0.5 if unit.probe == "knn" else 0.0
-            metrics = [
-                classification_metrics(
-                    s, data.y_test, n_classes=task.n_classes, threshold=threshold
-                )
-                for s in variants
-            ]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            per_probe = (time.perf_counter() - t0) / (len(seeds) * len(variants))
-            for v, name in enumerate(probe_names):
-                met = {k: val.double().cpu().numpy() for k, val in metrics[v].items()}
-                for b, seed in enumerate(seeds):
-                    yield {
-                        **base,
-                        "probe": name,
-                        "n": n,
-                        "seed": seed,
-                        "n_pos": int((y_np[b] == 1).sum()) if task.n_classes == 2 else None,
-                        "auroc": float(met["auroc"][b]),
-                        "auprc": float(met["auprc"][b]),
-                        "balanced_accuracy": float(met["balanced_accuracy"][b]),
-                        "fit_seconds": per_probe,
-                        "C": float(C[b]) if unit.probe != "knn" else None,
-                        "C_selection": selection,
-                        "converged": bool(conv[b]) if conv is not None else True,
-                        "n_iter": int(iters[b]) if iters is not None else 0,
-                        "status": status,
-                    }
+    return rows
 
 
 # --- the whole sweep ----------------------------------------------------------------------------
+
+
+def _batch_limit(device: torch.device) -> int:
+    """Feature elements per batch: on a GPU from its free memory (the Gram matrices, fold
+    copies and scores of a batch take several times the features' size; an out-of-memory
+    error still halves the batch and retries), on a CPU a fixed 64 M."""
+    if device.type != "cuda":
+        return 1 << 26
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1 << 20, int(free) // (4 * 16))
 
 
 def _frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
@@ -622,7 +667,7 @@ def sweep(
     variants = {p: (len(ks) if p == "knn" else 1) for p in probes}
     total = sum(len(u.seeds) * len(cfg.n) * variants[u.probe] for u in todo)
     bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr, disable=not progress)
-    batch_limit = 1 << 26 if dev.type == "cpu" else 1 << 28
+    batch_limit = _batch_limit(dev)
     tasks_by_name = {t.name: t for t in task_objs}
     t_loop = time.perf_counter()
     cache: dict[tuple[str, str], _Data] = {}
