@@ -375,7 +375,7 @@ def run_unit(
     }
     device = data.X_pool.device
     center = data.pool_mean if unit.probe == "logreg" else torch.zeros_like(data.pool_mean)
-    X_test = data.X_test - center
+    X_test = (data.X_test - center).to(torch.float64)  # converted once, not per batch
     for n in ns:
         status = "ok"
         if n > pool_size:

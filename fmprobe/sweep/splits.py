@@ -102,7 +102,14 @@ def nested_order(labels: np.ndarray, *, seed: int, n_max: int | None = None) -> 
     [0, 1]
     """
     rng = np.random.default_rng(seed)
-    codes = _codes(labels)
+    labels = np.asarray(labels)
+    # class codes 0..K-1 (what the sweep passes) need no re-encoding: the same classes come in
+    # the same order, so the ordering is identical
+    codes = (
+        labels
+        if labels.dtype.kind in "iu" and (labels.min() >= 0 if len(labels) else True)
+        else _codes(labels)
+    )
     key = np.empty(len(codes), np.float64)
     for c in range(int(codes.max()) + 1 if len(codes) else 0):
         members = np.flatnonzero(codes == c)
