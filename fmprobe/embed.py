@@ -25,7 +25,7 @@ from PIL import Image
 
 from fmprobe.data import Dataset, parse_data
 from fmprobe.encoders import POOLS, Encoder, create_encoder, parse_model_name, pool_tokens
-from fmprobe.encoders.base import file_sha256
+from fmprobe.encoders.base import check_weights_path, file_sha256
 from fmprobe.errors import ImageReadError, ModelError, StoreError, UsageError
 from fmprobe.store import ATTR, FeatureStore, create_store, open_store, store_exists
 
@@ -310,6 +310,8 @@ def embed(
         raise UsageError("--batch-size and --chunk-rows must be at least 1")
     if weights is not None and random_init:
         raise UsageError("--weights and --random-init exclude each other; pass one")
+    if weights is not None:
+        check_weights_path(weights)  # before anything is written to the store
     spec = parse_model_name(model)
     key = name or spec.key
     if "/" in key or key.startswith(("_", "samples")):

@@ -294,6 +294,15 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], wo
     assert words in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_missing_weights_file_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    proc = run_cli("embed", "--data", "builtin:digits", "--model", MODEL, "--weights",
+                   "/no/such/ckpt.pt", "--store", str(tmp_path / "s.zarr"), "--quiet")  # fmt: skip
+    assert (
+        proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_store_info_on_a_missing_store(tmp_path: Path) -> None:
     proc = run_cli("store", "info", str(tmp_path / "nope.zarr"))
     assert proc.returncode == 2 and "no feature store" in proc.stderr

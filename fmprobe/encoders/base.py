@@ -145,15 +145,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_weights_path(path: str | Path) -> Path:
+    """``--weights`` as a Path; a one-line error when the file is not there."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"--weights {str(path)!r} does not exist; pass a local checkpoint file")
+    return path
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a local checkpoint: safetensors, or a torch file loadable with ``weights_only=True``.
 
     Wrappers such as ``{"state_dict": ...}`` / ``{"model": ...}`` and ``module.`` prefixes
     (DataParallel) are removed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"--weights {str(path)!r} does not exist; pass a local checkpoint file")
+    path = check_weights_path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
