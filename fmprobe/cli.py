@@ -4,102 +4,18 @@ of the same name. Exit codes: 0 success, 2 bad usage or input (one line), 1 fail
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from fmprobe.errors import FmprobeError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(code: int, message: str) -> None:
-    click.echo(f"fmprobe: error: {message}", err=True)
-    sys.exit(code)
-
-
-def friendly(func: F) -> F:
-    """Turn fmprobe's errors into one line on stderr and the documented exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except UsageError as exc:
-            _fail(2, str(exc))
-        except FmprobeError as exc:
-            _fail(1, str(exc))
-        except KeyboardInterrupt:
-            _fail(130, "interrupted; finished chunks are kept, rerun the same command to resume")
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _parse_json_object(value: str | None, name: str) -> dict[str, Any]:
-    if not value:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{name} is not valid JSON ({exc.msg}); e.g. '{{\"img_size\": 64}}'"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise UsageError(f"{name} must be a JSON object, e.g. '{{\"img_size\": 64}}'")
-    return parsed
-
-
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    """``--config FILE.yaml``: its keys are the command's option names (``batch_size`` or
-    ``batch-size``); they become the defaults, so flags on the command line still win."""
-    if not value:
-        return
-    import yaml
-
-    try:
-        with open(value) as f:
-            loaded = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        _fail(2, f"--config {value!r} cannot be read ({str(exc).splitlines()[0]})")
-    if not isinstance(loaded, dict):
-        _fail(2, f"--config {value!r} must hold a mapping of option names to values")
-    known = {p.name for p in ctx.command.params if p.name}
-    config = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        from fmprobe.errors import did_you_mean
-
-        _fail(
-            2, f"--config {value!r}: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}"
-        )
-    for k, v in config.items():
-        if isinstance(v, (list, tuple)):
-            config[k] = ",".join(str(x) for x in v)
-        elif isinstance(v, dict):
-            config[k] = json.dumps(v)
-    ctx.default_map = {**(ctx.default_map or {}), **config}
-
-
-config_option = click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    callback=_load_config,
-    is_eager=True,
-    expose_value=False,
-    help="YAML file of option values (names as the flags); flags given on the line win.",
-)
-
-
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."
-)
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
-device_option = click.option(
-    "--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)."
+from fmprobe.cli_common import (
+    _parse_json_object,
+    config_option,
+    device_option,
+    friendly,
+    json_option,
+    quiet_option,
 )
 
 
