@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import check_estimator
 
 from fmprobe.probes.estimator import LogisticProbe
-from fmprobe.probes.logreg import fit_logreg
+from fmprobe.probes.logreg import batched_mv, batched_rmv, fit_logreg
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 
 
@@ -149,6 +149,35 @@ def test_batch_equals_one_by_one() -> None:
     for b in range(5):
         one = fit_logreg(X[b : b + 1], y[b : b + 1], float(C[b]), n_classes=2, tol=1e-10)
         torch.testing.assert_close(batch.coef[b], one.coef[0], atol=1e-8, rtol=1e-7)
+
+
+def test_batched_products_equal_matmul() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    V, U = (
+        torch.randn(3, 5, 2, generator=g, dtype=torch.float64),
+        torch.randn(3, 7, 1, generator=g, dtype=torch.float64),
+    )
+    torch.testing.assert_close(batched_mv(A, V), A @ V)
+    torch.testing.assert_close(batched_rmv(A, U), A.transpose(1, 2) @ U)
+
+
+def test_large_lbfgs_batch_with_early_finishers_matches_sklearn() -> None:
+    """Problems large enough for the per-problem line search (n·D ≥ 2^16), with C values that
+    converge after different iteration counts, each equal to its own sklearn optimum."""
+    Xs, ys = zip(*[problem(200, 400, 2, seed=s) for s in range(3)], strict=True)
+    X, y = torch.tensor(np.stack(Xs), dtype=torch.float32), torch.tensor(np.stack(ys))
+    Cs = [0.001, 0.1, 10.0]
+    fit = fit_logreg(X - X.mean((0, 1)), y, torch.tensor(Cs, dtype=torch.float64), n_classes=2,
+                     solver="lbfgs", tol=1e-7, max_iter=5000)  # fmt: skip
+    assert bool(fit.converged.all())
+    for b, C in enumerate(Cs):
+        Xc = Xs[b] - X.mean((0, 1)).double().numpy()
+        ref = sklearn_reference(Xc, ys[b], C)
+        z = fit.decision_function(torch.tensor(Xc, dtype=torch.float32))[b].double().numpy()
+        np.testing.assert_allclose(
+            z, ref.decision_function(Xc), atol=2e-3 * max(1, np.abs(z).max())
+        )
 
 
 def test_ridge_and_knn_match_sklearn() -> None:

@@ -96,11 +96,7 @@ def _nan_where_bad_scores(
     return torch.where(bad, torch.full_like(out, float("nan")), out)
 
 
-def _auroc_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """AUROC of (N, T) scores, float64 0/1 labels ``y`` and 0/1 weights ``w``."""
-    pos = y * w
-    neg = (1.0 - y) * w
-    pos_g, neg_g = _grouped_counts(scores, pos, neg)
+def _auroc_from_groups(pos_g: torch.Tensor, neg_g: torch.Tensor) -> torch.Tensor:
     n_pos = pos_g.sum(dim=1)
     n_neg = neg_g.sum(dim=1)
     neg_below = n_neg.unsqueeze(1) - torch.cumsum(neg_g, dim=1)
@@ -108,16 +104,10 @@ def _auroc_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch
     # the negatives with an equal score (worth 1/2), as the trapezoidal ROC area does.
     u = (pos_g * (neg_below + 0.5 * neg_g)).sum(dim=1)
     denom = n_pos * n_neg
-    nan = torch.full_like(u, float("nan"))
-    out = torch.where(denom > 0, u / denom.clamp_min(1.0), nan)
-    return _nan_where_bad_scores(out, scores, w)
+    return torch.where(denom > 0, u / denom.clamp_min(1.0), torch.full_like(u, float("nan")))
 
 
-def _average_precision_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Average precision of (N, T) scores, float64 0/1 labels ``y`` and 0/1 weights ``w``."""
-    pos = y * w
-    neg = (1.0 - y) * w
-    pos_g, neg_g = _grouped_counts(scores, pos, neg)
+def _average_precision_from_groups(pos_g: torch.Tensor, neg_g: torch.Tensor) -> torch.Tensor:
     tp = torch.cumsum(pos_g, dim=1)
     seen = torch.cumsum(pos_g + neg_g, dim=1)
     # Precision at each distinct threshold, weighted by the recall gained there; groups
@@ -126,9 +116,31 @@ def _average_precision_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tens
     precision = torch.where(has_pos, tp / seen.clamp_min(1.0), torch.zeros_like(tp))
     n_pos = pos_g.sum(dim=1)
     ap = (pos_g * precision).sum(dim=1)
-    nan = torch.full_like(ap, float("nan"))
-    out = torch.where(n_pos > 0, ap / n_pos.clamp_min(1.0), nan)
-    return _nan_where_bad_scores(out, scores, w)
+    return torch.where(n_pos > 0, ap / n_pos.clamp_min(1.0), torch.full_like(ap, float("nan")))
+
+
+def _ranking_flat(
+    scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AUROC and average precision of (N, T) scores, float64 0/1 labels ``y`` and 0/1 weights
+    ``w``, from one sort."""
+    pos_g, neg_g = _grouped_counts(scores, y * w, (1.0 - y) * w)
+    return (
+        _nan_where_bad_scores(_auroc_from_groups(pos_g, neg_g), scores, w),
+        _nan_where_bad_scores(_average_precision_from_groups(pos_g, neg_g), scores, w),
+    )
+
+
+def _auroc_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """AUROC of (N, T) scores, float64 0/1 labels ``y`` and 0/1 weights ``w``."""
+    pos_g, neg_g = _grouped_counts(scores, y * w, (1.0 - y) * w)
+    return _nan_where_bad_scores(_auroc_from_groups(pos_g, neg_g), scores, w)
+
+
+def _average_precision_flat(scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Average precision of (N, T) scores, float64 0/1 labels ``y`` and 0/1 weights ``w``."""
+    pos_g, neg_g = _grouped_counts(scores, y * w, (1.0 - y) * w)
+    return _nan_where_bad_scores(_average_precision_from_groups(pos_g, neg_g), scores, w)
 
 
 def _check_scores(scores: torch.Tensor, ndim: int, name: str = "scores") -> None:
@@ -371,17 +383,20 @@ def classification_metrics(
         y = _binary_labels(labels, m, B, T)
         w = m.to(torch.float64)
         pred = (scores > threshold).long()
+        roc, ap = _ranking_flat(scores, y, w)
         return {
-            "auroc": _auroc_flat(scores, y, w),
-            "auprc": _average_precision_flat(scores, y, w),
+            "auroc": roc,
+            "auprc": ap,
             "balanced_accuracy": balanced_accuracy(pred, y.long(), m, n_classes=2),
         }
     _check_scores(scores, 3)
     if scores.shape[2] != n_classes:
         raise ValueError(f"scores has {scores.shape[2]} classes, n_classes is {n_classes}")
+    s, y_ovr, w, B, K = _one_vs_rest(scores, labels, mask)
+    roc, ap = _ranking_flat(s, y_ovr, w)
     return {
-        "auroc": multiclass_auroc(scores, labels, mask),
-        "auprc": multiclass_average_precision(scores, labels, mask),
+        "auroc": torch.nanmean(roc.view(B, K), dim=1),
+        "auprc": torch.nanmean(ap.view(B, K), dim=1),
         "balanced_accuracy": balanced_accuracy(
             scores.argmax(dim=2), labels, mask, n_classes=n_classes
         ),

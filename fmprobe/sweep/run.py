@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from fmprobe.errors import UsageError, did_you_mean
-from fmprobe.probes.logreg import fit_logreg
+from fmprobe.probes.logreg import batched_mv, fit_logreg
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 from fmprobe.store import FeatureStore, open_store
@@ -285,9 +285,16 @@ def _scores(
         # the same linear function on raw features: w/σ, b - μ·(w/σ)
         coef = coef / sd.to(coef.dtype)[:, :, None]
         intercept = intercept - torch.einsum("bd,bdk->bk", mu.to(coef.dtype), coef)
-    X_eval = X_eval.to(torch.float64)
-    z = torch.einsum("td,bdk->btk", X_eval, coef) if X_eval.dim() == 2 else torch.bmm(X_eval, coef)
-    z = z + intercept[:, None, :]
+    # scoring in float32: the test-set product is the largest cost at small n, and AUROC
+    # only needs the ranking (float32 ties are handled exactly by the metrics)
+    X_eval = X_eval.to(torch.float32)
+    coef32 = coef.to(torch.float32)
+    z = (
+        torch.einsum("td,bdk->btk", X_eval, coef32)
+        if X_eval.dim() == 2
+        else batched_mv(X_eval, coef32)
+    )
+    z = z + intercept.to(torch.float32)[:, None, :]
     # binary: the logit ranks as the probability does; multinomial: one-vs-rest AUROC needs the
     # class probabilities (softmax), as scikit-learn's predict_proba gives them
     out = z[..., 0] if z.shape[-1] == 1 else torch.softmax(z, dim=-1)
@@ -375,7 +382,7 @@ def run_unit(
     }
     device = data.X_pool.device
     center = data.pool_mean if unit.probe == "logreg" else torch.zeros_like(data.pool_mean)
-    X_test = (data.X_test - center).to(torch.float64)  # converted once, not per batch
+    X_test = data.X_test - center  # centred once, not per batch
     for n in ns:
         status = "ok"
         if n > pool_size:

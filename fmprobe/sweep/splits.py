@@ -110,23 +110,29 @@ def nested_order(labels: np.ndarray, *, seed: int, n_max: int | None = None) -> 
         if labels.dtype.kind in "iu" and (labels.min() >= 0 if len(labels) else True)
         else _codes(labels)
     )
-    key = np.empty(len(codes), np.float64)
-    for c in range(int(codes.max()) + 1 if len(codes) else 0):
+    n_rows = len(codes)
+    head = n_rows if n_max is None else min(n_max, n_rows)
+    # per class, its j-th smallest key belongs to members[perm[j]]; keys rise with j, so a
+    # prefix of length ``head`` of the whole ordering takes at most ``head`` rows of each class
+    # (the random draws are the same whatever ``n_max``, so every prefix agrees)
+    cand_rows, cand_keys = [], []
+    for c in range(int(codes.max()) + 1 if n_rows else 0):
         members = np.flatnonzero(codes == c)
         if not len(members):
             continue
         perm = rng.permutation(len(members))
         # fractional position along the ordering; the first member of each class goes first
-        pos = (np.arange(len(members)) + rng.random()) / len(members)
+        take = min(len(members), head)
+        pos = (np.arange(take) + rng.random()) / len(members)
         pos[0] = -1.0 + rng.random() * 1e-3
-        key[members[perm]] = pos
-    tiebreak = rng.random(len(codes))
-    if n_max is None or n_max >= len(codes):
-        return np.lexsort((tiebreak, key))
-    head = np.argpartition(key, n_max)[: n_max + 1]
-    # rows whose key equals the boundary key are kept so the tiebreak decides as in a full sort
-    head = np.union1d(head, np.flatnonzero(key == key[head].max()))
-    return head[np.lexsort((tiebreak[head], key[head]))][:n_max]
+        cand_rows.append(members[perm[:take]])
+        cand_keys.append(pos)
+    tiebreak = rng.random(n_rows)
+    if not cand_rows:
+        return np.zeros(0, np.int64)
+    rows = np.concatenate(cand_rows)
+    keys = np.concatenate(cand_keys)
+    return rows[np.lexsort((tiebreak[rows], keys))][:head]
 
 
 def fold_masks(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:
