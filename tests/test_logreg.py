@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import check_estimator
 
 from fmprobe.probes.estimator import LogisticProbe
-from fmprobe.probes.logreg import batched_mv, batched_rmv, fit_logreg
+from fmprobe.probes.logreg import _push_pair, batched_mv, batched_rmv, fit_logreg, lbfgs_direction
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 
 
@@ -160,6 +160,50 @@ def test_batched_products_equal_matmul() -> None:
     )
     torch.testing.assert_close(batched_mv(A, V), A @ V)
     torch.testing.assert_close(batched_rmv(A, U), A.transpose(1, 2) @ U)
+
+
+def _two_loop(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Nocedal & Wright, Algorithm 7.4, pairs oldest first: the textbook H·g."""
+    if not pairs:
+        return g / np.linalg.norm(g)
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        q -= a * y
+        alphas.append(a)
+    s, y = pairs[-1]
+    r = q * (s @ y) / (y @ y)
+    for (s, y), a in zip(pairs, reversed(alphas), strict=True):
+        r += s * (a - (y @ r) / (s @ y))
+    return r
+
+
+def test_compact_lbfgs_direction_equals_the_two_loop_recursion() -> None:
+    """Pairs pushed one by one (some skipped, more than the memory holds) give the textbook
+    two-loop product of the pairs kept, for every problem of the batch."""
+    rng = np.random.default_rng(0)
+    B, P, m = 3, 6, 4
+    A = [rng.normal(size=(P, P)) for _ in range(B)]
+    H = [a @ a.T + P * np.eye(P) for a in A]  # SPD curvature: s·y > 0
+    S = torch.zeros(B, m, P, dtype=torch.float64)
+    Y, SY, YY = (
+        torch.zeros_like(S),
+        torch.zeros(B, m, m, dtype=torch.float64),
+        torch.zeros(B, m, m, dtype=torch.float64),
+    )
+    kept: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(B)]
+    g = torch.tensor(rng.normal(size=(B, P)))
+    for step in range(7):
+        for b in range(B):
+            ref = _two_loop(g[b].numpy(), kept[b][-m:])
+            np.testing.assert_allclose(lbfgs_direction(g, S, Y, SY, YY)[b].numpy(), ref, rtol=1e-10)
+        s_vec = torch.tensor(rng.normal(size=(B, P)))
+        y_vec = torch.stack([torch.tensor(H[b]) @ s_vec[b] for b in range(B)])
+        good = torch.tensor([True, step % 3 != 1, step % 2 == 0])
+        S, Y, SY, YY = _push_pair(S, Y, SY, YY, s_vec, y_vec, good)
+        for b in range(B):
+            if good[b]:
+                kept[b].append((s_vec[b].numpy(), y_vec[b].numpy()))
 
 
 def test_large_lbfgs_batch_with_early_finishers_matches_sklearn() -> None:

@@ -230,6 +230,76 @@ def _kernel_newton_step(
     return torch.cat([da, db[:, None]], dim=1)
 
 
+def lbfgs_direction(
+    g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, SY: torch.Tensor, YY: torch.Tensor
+) -> torch.Tensor:
+    """The L-BFGS product H·g for B problems, in the compact form of Byrd, Nocedal and
+    Schnabel (1994): a dozen batched operations instead of the two-loop recursion's ~100 small
+    ones, which dominate an iteration's time when the problems are few.
+
+    ``H = γI + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀ; γYᵀ]`` with R the upper
+    triangle of SᵀY, D its diagonal and γ = sᵀy / yᵀy of the newest pair. Pairs are stored
+    oldest first (S, Y: (B, m, P)) with their products ``SY[i, j] = s_i·y_j`` and
+    ``YY[i, j] = y_i·y_j`` (B, m, m), kept up to date by the caller; an all-zero pair is empty
+    and drops out exactly (its row of R is set to the identity). Without any pair,
+    H = I / ||g|| (a unit first step). Products are elementwise sums, not batched GEMMs: a
+    threaded BLAS call per tiny product stalls when the machine's cores are shared.
+    """
+    diag = torch.diagonal(SY, dim1=1, dim2=2)
+    empty = diag <= 0
+    m = SY.shape[1]
+    eye = torch.eye(m, dtype=SY.dtype, device=SY.device)
+    r = torch.arange(m, device=SY.device)
+    # (no torch.triu: it wakes the whole thread pool even for one 10×10 block, which costs
+    # milliseconds when the cores are shared)
+    upper = (r[:, None] <= r[None, :]).to(SY.dtype)
+    R = SY * upper + empty.to(SY.dtype)[:, :, None] * eye
+    Dg = torch.where(empty, torch.zeros_like(diag), diag)
+    sy_new, yy_new = diag[:, -1], YY[:, -1, -1]
+    gamma = torch.where(
+        yy_new > 0, sy_new / yy_new.clamp_min(1e-300), 1.0 / g.norm(dim=1).clamp_min(1e-300)
+    )[:, None]
+    a = (S * g[:, None, :]).sum(2, keepdim=True)  # (B, m, 1)
+    c = (Y * g[:, None, :]).sum(2, keepdim=True)
+    t = torch.linalg.solve_triangular(R, a, upper=True)
+    u = Dg[:, :, None] * t + gamma[:, :, None] * ((YY * t.transpose(1, 2)).sum(2, keepdim=True) - c)
+    p = torch.linalg.solve_triangular(R.transpose(1, 2), u, upper=False)
+    return gamma * g + (S * p).sum(1) - gamma * (Y * t).sum(1)
+
+
+def _push_pair(
+    S: torch.Tensor,
+    Y: torch.Tensor,
+    SY: torch.Tensor,
+    YY: torch.Tensor,
+    s_vec: torch.Tensor,
+    y_vec: torch.Tensor,
+    good: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append the pair (s, y) as the newest where ``good``, dropping the oldest, and update
+    SᵀY and YᵀY by their new row and column only."""
+    S2 = torch.cat([S[:, 1:], s_vec[:, None]], dim=1)
+    Y2 = torch.cat([Y[:, 1:], y_vec[:, None]], dim=1)
+    col = (S2 * y_vec[:, None, :]).sum(2)  # s_i · y_new
+    row = (Y2 * s_vec[:, None, :]).sum(2)  # s_new · y_j
+    yyc = (Y2 * y_vec[:, None, :]).sum(2)
+    SY2 = torch.zeros_like(SY)
+    SY2[:, :-1, :-1] = SY[:, 1:, 1:]
+    SY2[:, :, -1] = col
+    SY2[:, -1, :] = row
+    YY2 = torch.zeros_like(YY)
+    YY2[:, :-1, :-1] = YY[:, 1:, 1:]
+    YY2[:, :, -1] = yyc
+    YY2[:, -1, :] = yyc
+    k = good[:, None, None]
+    return (
+        torch.where(k, S2, S),
+        torch.where(k, Y2, Y),
+        torch.where(k, SY2, SY),
+        torch.where(k, YY2, YY),
+    )
+
+
 def _lbfgs(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -304,31 +374,18 @@ def _lbfgs(
     f, g = fg(theta)
     # rounding of the float32 products in f: relative float32 epsilon of the summed terms
     f_noise = torch.zeros_like(f) if Xw.dtype == torch.float64 else 1e-6 * f.abs().clamp_min(1.0)
-    S = torch.zeros(history, B, P, dtype=dtype, device=X.device)
+    # curvature pairs, oldest first (B, history, P); empty pairs are zeros
+    S = torch.zeros(B, history, P, dtype=dtype, device=X.device)
     Y = torch.zeros_like(S)
-    rho = torch.zeros(history, B, dtype=dtype, device=X.device)
+    SY = torch.zeros(B, history, history, dtype=dtype, device=X.device)
+    YY = torch.zeros_like(SY)
     converged = g.norm(dim=1) <= tol * g0
     stalled = torch.zeros_like(converged)
     n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
-    for k in range(max_iter):
+    for _k in range(max_iter):
         if bool(converged.all()):
             break
-        q = g.clone()
-        a = []
-        idx = [(k - 1 - j) % history for j in range(min(k, history))]
-        for j in idx:
-            aj = rho[j] * (S[j] * q).sum(1)
-            q = q - aj[:, None] * Y[j]
-            a.append(aj)
-        if k > 0:
-            j = idx[0]
-            gamma = (S[j] * Y[j]).sum(1) / (Y[j] * Y[j]).sum(1).clamp_min(1e-300)
-            q = q * gamma[:, None]
-        else:
-            q = q / g.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        for j, aj in zip(reversed(idx), reversed(a), strict=True):
-            bj = rho[j] * (Y[j] * q).sum(1)
-            q = q + S[j] * (aj - bj)[:, None]
+        q = lbfgs_direction(g, S, Y, SY, YY)
         d = -q
         slope = (g * d).sum(1)
         bad = slope >= 0  # not a descent direction: restart along the gradient
@@ -360,10 +417,7 @@ def _lbfgs(
         y_vec = torch.where(upd[:, None], g_new - g, torch.zeros_like(g))
         sy = (s_vec * y_vec).sum(1)
         good = upd & (sy > 1e-12 * (y_vec * y_vec).sum(1).sqrt() * (s_vec * s_vec).sum(1).sqrt())
-        slot = k % history
-        S[slot] = torch.where(good[:, None], s_vec, S[slot])
-        Y[slot] = torch.where(good[:, None], y_vec, Y[slot])
-        rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-300), rho[slot])
+        S, Y, SY, YY = _push_pair(S, Y, SY, YY, s_vec, y_vec, good)
         theta = torch.where(upd[:, None], theta_new, theta)
         f = torch.where(upd, f_new, f)
         g = torch.where(upd[:, None], g_new, g)
