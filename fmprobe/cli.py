@@ -17,6 +17,17 @@ from fmprobe.cli_common import (
     json_option,
     quiet_option,
 )
+from fmprobe.errors import UsageError
+
+
+class _SweepGroup(click.Group):
+    """``fmprobe sweep [OPTIONS]`` runs a sweep; ``fmprobe sweep merge ...`` merges shards."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # a sweep's own options come without a subcommand: only `merge` is one
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            raise click.UsageError(f"unknown subcommand {args[0]!r}; did you mean merge?")
+        return super().parse_args(ctx, args)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,6 +110,20 @@ def main() -> None:
     help="Replace this model's features (or the whole store if the dataset changed).",
 )
 @json_option
+@click.option(
+    "--shard",
+    default=None,
+    help="I/N: embed only the I-th of N chunk-aligned row ranges (array jobs, one store).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: shards as Ray tasks, one per GPU (or CPU) of the cluster.",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@click.option("--workers", default=None, type=int, help="Ray shards (default: GPUs, else CPUs).")
 @quiet_option
 @config_option
 @friendly
@@ -137,10 +162,10 @@ def embed(**opts: Any) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2))
 
 
-@main.command()
-@click.option("--store", required=True, help="The feature store.")
+@main.group(cls=_SweepGroup, invoke_without_command=True)
+@click.option("--store", default=None, help="The feature store (required).")
 @click.option(
-    "--out", required=True, help="The results table (Parquet); <out>.parts/ is the resume ledger."
+    "--out", default=None, help="The results table (Parquet); <out>.parts/ is the resume ledger."
 )
 @click.option(
     "--features",
@@ -160,7 +185,11 @@ def embed(**opts: Any) -> None:
     "--probe", default="logreg", show_default=True, help="Comma list of logreg, ridge, knn."
 )
 @click.option(
-    "--sampler", default="random", show_default=True, help="How training subsets are drawn."
+    "--sampler",
+    default="random",
+    show_default=True,
+    help="Comma list: random (stratified, nested across n) and/or cold-start strategies of "
+    "`fmprobe select` (kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl).",
 )
 @click.option(
     "--n",
@@ -191,6 +220,30 @@ def embed(**opts: Any) -> None:
 @click.option(
     "--tol", default=1e-5, show_default=True, type=float, help="Relative gradient-norm tolerance."
 )
+@click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    help="Logistic-regression solver: torch (batched), sklearn (reference), cuml (GPU extra).",
+)
+@click.option(
+    "--save-predictions",
+    is_flag=True,
+    help="Keep every probe's test-set scores in <out>.predictions/ (for fmprobe compare).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where work units run: this process, or Ray tasks (one per GPU/CPU).",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@click.option(
+    "--shard",
+    default=None,
+    help="I/N: run only every N-th work unit from I (array jobs); merge with `sweep merge`.",
+)
 @device_option
 @click.option(
     "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."
@@ -199,15 +252,24 @@ def embed(**opts: Any) -> None:
 @quiet_option
 @config_option
 @friendly
-def sweep(**opts: Any) -> None:
+@click.pass_context
+def sweep(ctx: click.Context, **opts: Any) -> None:
     """Fit probes over features × tasks × label counts × seeds; results to Parquet.
 
     \b
     Example:
       fmprobe sweep --store digits.zarr --out results.parquet \\
           --features '*/block11/cls' --n 10,20,50,100,all --seeds 5
+      fmprobe sweep ... --shard 3/8        # array job 3 of 8
+      fmprobe sweep merge results.shard-*-of-8.parquet --out results.parquet
     """
     import warnings
+
+    if ctx.invoked_subcommand is not None:
+        return
+    for name in ("store", "out"):
+        if not opts[name]:
+            raise UsageError(f"missing option --{name}; see fmprobe sweep --help")
 
     from fmprobe.sweep import sweep as run_sweep
 
@@ -226,6 +288,23 @@ def sweep(**opts: Any) -> None:
         click.echo(f"warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps({**report.__dict__, "probes_per_second": report.probes_per_second}))
+
+
+@sweep.command("merge")
+@click.argument("parts", nargs=-1, required=True)
+@click.option("--out", required=True, help="The merged results table (Parquet).")
+@friendly
+def sweep_merge(parts: tuple[str, ...], out: str) -> None:
+    """Merge the tables of `sweep --shard I/N` runs into the table of one run.
+
+    \b
+    Example:
+      fmprobe sweep merge results.shard-*-of-8.parquet --out results.parquet
+    """
+    from fmprobe.sweep.run import merge
+
+    df = merge(parts=list(parts), out=out)
+    click.echo(f"sweep merge: {len(df)} rows from {len(parts)} tables in {out}", err=True)
 
 
 @main.group()
@@ -337,6 +416,23 @@ def models(pattern: str, source: str | None) -> None:
 
     for name in list_encoders(pattern, source=source):
         click.echo(name)
+
+
+from fmprobe.commands.select import select as _select_command  # noqa: E402
+
+main.add_command(_select_command)
+
+from fmprobe.commands.forecast import forecast as _forecast_command  # noqa: E402
+
+main.add_command(_forecast_command)
+
+from fmprobe.commands.compare import compare as _compare_command  # noqa: E402
+
+main.add_command(_compare_command)
+
+from fmprobe.commands.report import report as _report_command  # noqa: E402
+
+main.add_command(_report_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -268,6 +268,10 @@ def embed(
     strict: bool = False,
     overwrite: bool = False,
     amp: bool = True,
+    shard: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
     progress: bool = True,
 ) -> EmbedReport:
     """Embed ``data`` with ``model`` into ``store`` (created if missing, resumed if partial).
@@ -292,6 +296,11 @@ def embed(
     name : str, optional
         The model group's name in the store (default: from the model spec, e.g.
         ``timm-vit_small_patch16_224``).
+    shard : str, optional
+        ``"I/N"``: embed only the I-th of N contiguous, chunk-aligned row ranges (array jobs
+        writing disjoint chunks of one store; run the N shards in any order or at once).
+    engine : {"local", "ray"}
+        ``ray`` runs ``workers`` shards as Ray tasks (one GPU each when the cluster has GPUs).
 
     Returns
     -------
@@ -304,6 +313,15 @@ def embed(
     ...       store="digits.zarr")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    from fmprobe.sweep.run import parse_shard
+
+    shard_i, shard_n = parse_shard(shard)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r}: one of local, ray")
+    if overwrite and (shard_n > 1 or engine == "ray"):
+        raise UsageError(
+            "--overwrite rebuilds the whole model group: run it once without --shard/--engine ray"
+        )
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: valid dtypes are {', '.join(DTYPES)}")
     if batch_size < 1 or chunk_rows < 1:
@@ -319,71 +337,43 @@ def embed(
     pool_list, pools_explicit = parse_pools(pools)
     dev = resolve_device(device)
     dataset = parse_data(data)
-    fs = _open_or_create(dataset, store, overwrite=overwrite)
-    request = _request(
-        model=model,
-        layers=layers,
-        pools=pool_list,
-        pools_explicit=pools_explicit,
-        tokens=tokens,
-        dtype=dtype,
-        weights=weights,
-        random_init=random_init,
-        model_kwargs=model_kwargs,
-        chunk_rows=chunk_rows,
-    )
-    group = fs.root.get(key)
-    if group is not None:
-        old = group.attrs.get(ATTR, {}).get("request")
-        if old != request and not overwrite:
-            diff = sorted(k for k in request if (old or {}).get(k) != request[k])
-            raise StoreError(
-                f"{key!r} already exists in {store!r} with other settings ({', '.join(diff)}); "
-                "pass --name to store this run beside it, or --overwrite to replace it"
-            )
-        if overwrite:
-            group = None
+    with _creation_lock(store):  # shards started at once create the store and group once
+        group, fs, encoder = _prepare_group(
+            dataset, store, model=model, spec=spec, key=key, layers=layers, pool_list=pool_list,
+            pools_explicit=pools_explicit, tokens=tokens, dtype=dtype, weights=weights,
+            random_init=random_init, model_kwargs=model_kwargs, chunk_rows=chunk_rows,
+            overwrite=overwrite, device=dev,
+        )  # fmt: skip
+    meta = group.attrs[ATTR]
     n = fs.n
     n_chunks = -(-n // chunk_rows)
-    encoder: Encoder | None = None
-    if group is None:
-        encoder = create_encoder(
-            spec, weights=weights, random_init=random_init, model_kwargs=model_kwargs
-        ).to(dev)
-        resolved = encoder.resolve_layers(layers)
-        if "attn" in pool_list and encoder.attn_source is None:
-            if pools_explicit:
-                raise ModelError(
-                    f"--pools attn: {spec.text} has neither an attention-pooling head nor a "
-                    "class token to take attention weights from; use --pools cls,mean"
-                )
-            pool_list = tuple(p for p in pool_list if p != "attn")
-        group = _create_model_group(
-            fs,
-            key,
-            encoder=encoder,
-            layers=resolved,
-            pools=pool_list,
-            tokens=tokens,
-            dtype=dtype,
-            chunk_rows=chunk_rows,
-            request=request,
-            device=dev,
-        )
-    meta = group.attrs[ATTR]
     resolved, pool_list = tuple(meta["layers"]), tuple(meta["pools"])
     features = [f"{key}/block{i}/{p}" for i in resolved for p in pool_list]
     features += [f"{key}/block{i}/tokens" for i in resolved] if tokens else []
+    if engine == "ray":
+        from fmprobe.embed_ray import embed_on_ray
+
+        args = dict(data=data, model=model, store=store, layers=layers, pools=pools,
+                    tokens=tokens, dtype=dtype, batch_size=batch_size, device=device,
+                    num_workers=num_workers, weights=weights, random_init=random_init,
+                    model_kwargs=model_kwargs, name=name, chunk_rows=chunk_rows, strict=strict,
+                    amp=amp)  # fmt: skip
+        report = embed_on_ray(args, address=address, workers=workers, n_chunks=n_chunks)
+        report.features = features
+        report.unreadable = list(fs.errors(key).itertuples(index=False, name=None))
+        report.seconds = time.perf_counter() - t0
+        return report
     done = np.asarray(group["_done"][:])
-    pending = [int(c) for c in np.flatnonzero(~done)]
+    lo, hi = (shard_i * n_chunks) // shard_n, ((shard_i + 1) * n_chunks) // shard_n
+    pending = [int(c) for c in np.flatnonzero(~done) if lo <= c < hi]
     report = EmbedReport(
         store=str(store),
         model=key,
         features=features,
         rows_total=n,
         rows_embedded=0,
-        chunks_total=n_chunks,
-        chunks_already_done=n_chunks - len(pending),
+        chunks_total=hi - lo,
+        chunks_already_done=(hi - lo) - len(pending),
         device=str(dev),
     )
     if pending:
@@ -411,6 +401,95 @@ def embed(
     report.unreadable = list(fs.errors(key).itertuples(index=False, name=None))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+@contextlib.contextmanager
+def _creation_lock(store: str) -> Iterator[None]:
+    """An exclusive lock file beside the store (POSIX ``flock``) while it and the model group
+    are created or checked: concurrent shards must not both create them."""
+    import fcntl
+
+    path = os.path.abspath(store.rstrip("/")) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_group(
+    dataset: Dataset,
+    store: str,
+    *,
+    model: str,
+    spec: Any,
+    key: str,
+    layers: str | Sequence[int] | None,
+    pool_list: tuple[str, ...],
+    pools_explicit: bool,
+    tokens: bool,
+    dtype: str,
+    weights: str | None,
+    random_init: bool,
+    model_kwargs: dict[str, Any] | None,
+    chunk_rows: int,
+    overwrite: bool,
+    device: torch.device,
+) -> tuple[Any, FeatureStore, Encoder | None]:
+    """Open or create the store and the model's group; returns (group, store, the encoder if
+    one had to be built to create the group)."""
+    fs = _open_or_create(dataset, store, overwrite=overwrite)
+    request = _request(
+        model=model,
+        layers=layers,
+        pools=pool_list,
+        pools_explicit=pools_explicit,
+        tokens=tokens,
+        dtype=dtype,
+        weights=weights,
+        random_init=random_init,
+        model_kwargs=model_kwargs,
+        chunk_rows=chunk_rows,
+    )
+    group = fs.root.get(key)
+    if group is not None:
+        old = group.attrs.get(ATTR, {}).get("request")
+        if old != request and not overwrite:
+            diff = sorted(k for k in request if (old or {}).get(k) != request[k])
+            raise StoreError(
+                f"{key!r} already exists in {store!r} with other settings ({', '.join(diff)}); "
+                "pass --name to store this run beside it, or --overwrite to replace it"
+            )
+        if overwrite:
+            group = None
+    encoder: Encoder | None = None
+    if group is None:
+        encoder = create_encoder(
+            spec, weights=weights, random_init=random_init, model_kwargs=model_kwargs
+        ).to(device)
+        resolved = encoder.resolve_layers(layers)
+        if "attn" in pool_list and encoder.attn_source is None:
+            if pools_explicit:
+                raise ModelError(
+                    f"--pools attn: {spec.text} has neither an attention-pooling head nor a "
+                    "class token to take attention weights from; use --pools cls,mean"
+                )
+            pool_list = tuple(p for p in pool_list if p != "attn")
+        group = _create_model_group(
+            fs,
+            key,
+            encoder=encoder,
+            layers=resolved,
+            pools=pool_list,
+            tokens=tokens,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            request=request,
+            device=device,
+        )
+    return group, fs, encoder
 
 
 def _run(
@@ -539,3 +618,6 @@ def _write_chunk(
         arr[start:stop] = buf["tokens"][i]
     group["_error"][start:stop] = np.asarray(buf["errors"], dtype=str)
     group["_done"][chunk] = True  # last: the chunk counts as done only once its data is on disk
+    from fmprobe.sweep.run import _test_fault_hook
+
+    _test_fault_hook()

@@ -284,3 +284,28 @@ def test_kernel_newton_survives_a_thread_count_change() -> None:
             np.testing.assert_allclose(fits.coef[b].numpy().T, ref.coef_, atol=1e-6, rtol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def test_backends_solve_the_same_problem() -> None:
+    """The sklearn backend is scikit-learn itself; the torch engine agrees with it; cuML, when
+    absent, is a one-line error."""
+    from fmprobe.errors import UsageError
+    from fmprobe.probes.backends import check_backend, fit_logreg_with
+
+    X, y = problem(60, 8, 3, seed=4)
+    ref = sklearn_reference(X, y, 0.3)
+    ours = LogisticProbe(C=0.3, backend="sklearn").fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-6)
+    Xt, yt = torch.tensor(np.stack([X, X[::-1]])), torch.tensor(np.stack([y, y[::-1]]))
+    a = fit_logreg_with("sklearn", Xt, yt, torch.tensor([0.3, 3.0]), n_classes=3)
+    b = fit_logreg_with("torch", Xt, yt, torch.tensor([0.3, 3.0]), n_classes=3, tol=1e-10)
+    torch.testing.assert_close(
+        a.decision_function(Xt), b.decision_function(Xt), atol=1e-4, rtol=1e-4
+    )
+    try:
+        import cuml  # noqa: F401
+    except ImportError:
+        with pytest.raises(UsageError, match="needs RAPIDS cuML"):
+            check_backend("cuml")
+    with pytest.raises(UsageError, match="did you mean 'torch'"):
+        check_backend("troch")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.metrics import average_precision_score, balanced_accuracy_score, ro
 from fmprobe.errors import UsageError
 from fmprobe.store import import_features, open_store
 from fmprobe.sweep import sweep
+from fmprobe.sweep.run import ConvergenceWarning
 from fmprobe.sweep.splits import fold_masks, make_split, nested_order
 from fmprobe.sweep.tasks import load_tasks
 
@@ -288,3 +290,93 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(
     a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
     b = pd.read_parquet(tmp_path / "b.parquet").drop(columns="fit_seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+# --- cold-start samplers ------------------------------------------------------------------------
+
+
+def test_cold_start_samplers_train_on_the_selected_rows(store: Path, tmp_path: Path) -> None:
+    """With ``--sampler kmeans,coreset`` each training set is what ``select_indices`` picks from
+    the pool; a multiclass subset missing classes is fitted on the classes it has (sklearn on
+    the same rows, absent classes scored 0), a one-class binary subset scores a constant."""
+    from fmprobe.select import select_indices
+
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_a/*", tasks="finding,tissue",
+          sampler="random,kmeans,coreset", n="2,3,30", seeds=2, C=0.5, progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    assert set(res.sampler) == {"random", "kmeans", "coreset"}
+    assert len(res) == 2 * 3 * 3 * 2
+    fs = open_store(store)
+    X32 = fs.read_feature("enc_a/last/cls")
+    X = X32.astype(np.float64)
+    tasks, _ = load_tasks(fs, ["finding", "tissue"])
+    split = make_split(n_rows=fs.n, stratify=tasks[0].codes, test_frac=0.25, seed=0)
+    pool, test = split.train, split.test
+    statuses = set()
+    for task in tasks:
+        y = task.codes
+        K = task.n_classes
+        for row in res[(res.task == task.name) & (res.sampler != "random")].itertuples():
+            sel = select_indices(X32[pool], budget=row.n, strategy=row.sampler, seed=row.seed)
+            idx = pool[sel.indices]
+            present = np.unique(y[idx])
+            statuses.add(row.status)
+            if len(present) == 1:
+                assert row.status == "single_class"
+                if K == 2:
+                    assert row.auroc == 0.5
+                continue
+            assert row.status == ("ok" if len(present) == K else "classes_missing")
+            ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=100_000).fit(X[idx], y[idx])
+            if K == 2:
+                assert row.n_pos == (y[idx] == 1).sum()
+                assert (
+                    abs(row.auroc - roc_auc_score(y[test], ref.decision_function(X[test]))) <= 1e-4
+                )
+            else:
+                p = np.zeros((len(test), K))
+                p[:, present] = ref.predict_proba(X[test])
+                assert abs(row.auroc - roc_auc_score(y[test], p, multi_class="ovr")) <= 1e-4
+    assert "classes_missing" in statuses or "single_class" in statuses
+    with pytest.raises(UsageError, match="did you mean 'kmeans'"):
+        sweep(store=str(store), out=str(tmp_path / "x.parquet"), sampler="kmean", progress=False)
+
+
+def test_saved_predictions_reproduce_the_metrics_and_fill_in_on_resume(
+    store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.parquet"
+    kw = dict(store=str(store), out=str(out), features="enc_a/*", tasks="finding,tissue",
+              n="10,all", seeds=2, C=0.5, progress=False)  # fmt: skip
+    sweep(**kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "r.parquet.predictions").exists()
+    report = sweep(**kw, save_predictions=True)  # type: ignore[arg-type]
+    assert report.probes_fitted == 2 * 2 * 2  # the units without predictions ran again
+    res = pd.read_parquet(out)
+    folder = tmp_path / "r.parquet.predictions"
+    preds = pd.concat([pd.read_parquet(p) for p in folder.glob("[!t]*.parquet")])
+    assert len(preds) == len(res)
+    fs = open_store(store)
+    for row in preds.itertuples():
+        test = pd.read_parquet(folder / f"{row.test}.parquet")
+        assert list(test["id"]) == list(fs.ids[test["row"].to_numpy()])
+        K = row.n_classes
+        s = np.asarray(row.scores).reshape(len(test), -1) if K > 2 else np.asarray(row.scores)
+        ref = res[(res.task == row.task) & (res.n == row.n) & (res.seed == row.seed)].iloc[0]
+        y = test["y"].to_numpy()
+        auc = roc_auc_score(y, s, multi_class="ovr") if K > 2 else roc_auc_score(y, s)
+        assert abs(auc - ref.auroc) < 1e-9
+
+
+def test_sklearn_backend_gives_the_torch_engines_results(store: Path, tmp_path: Path) -> None:
+    kw = dict(store=str(store), features="enc_a/*", tasks="finding,tissue", n="10,40", seeds=3,
+              C=0.5, progress=False)  # fmt: skip
+    with warnings.catch_warnings():  # near-separable subsets at C=1e4 may stop at max_iter
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sweep(out=str(tmp_path / "t.parquet"), **kw)  # type: ignore[arg-type]
+        sweep(out=str(tmp_path / "s.parquet"), backend="sklearn", **kw)  # type: ignore[arg-type]
+    t, s = pd.read_parquet(tmp_path / "t.parquet"), pd.read_parquet(tmp_path / "s.parquet")
+    ok = s["converged"].to_numpy(bool) & t["converged"].to_numpy(bool)
+    assert ok.sum() >= len(s) // 2
+    np.testing.assert_allclose(t["auroc"][ok], s["auroc"][ok], atol=1e-4)

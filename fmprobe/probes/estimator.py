@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fmprobe.probes.backends import BACKENDS, check_backend, fit_logreg_with
 from fmprobe.probes.logreg import fit_logreg
 
 
@@ -26,6 +27,8 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     solver : {"auto", "newton-kernel", "lbfgs"}, default="auto"
     device : str or None, default=None
         torch device; None = CPU.
+    backend : {"torch", "sklearn", "cuml"}, default="torch"
+        Who solves it: fmprobe's engine, scikit-learn (the reference) or RAPIDS cuML.
 
     Attributes
     ----------
@@ -51,12 +54,14 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         tol: float = 1e-6,
         solver: str = "auto",
         device: str | None = None,
+        backend: str = "torch",
     ) -> None:
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
         self.solver = solver
         self.device = device
+        self.backend = backend
 
     def fit(self, X: Any, y: Any) -> LogisticProbe:
         X, y = validate_data(self, X, y, dtype=np.float64)
@@ -72,15 +77,17 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         dev = torch.device(self.device or "cpu")
         mean = X.mean(0)  # centring is exact (the intercept is not penalised) and conditions
         Xt = torch.as_tensor(X - mean, device=dev)[None]
-        fit = fit_logreg(
-            Xt,
-            torch.as_tensor(codes, device=dev)[None],
-            float(self.C),
-            n_classes=len(self.classes_),
-            solver=self.solver,
-            max_iter=self.max_iter,
-            tol=self.tol,
-        )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+        y_t = torch.as_tensor(codes, device=dev)[None]
+        if self.backend == "torch":
+            fit = fit_logreg(Xt, y_t, float(self.C), n_classes=len(self.classes_),
+                             solver=self.solver, max_iter=self.max_iter, tol=self.tol)  # fmt: skip
+        else:
+            check_backend(self.backend)
+            fit = fit_logreg_with(self.backend, Xt, y_t, float(self.C),
+                                  n_classes=len(self.classes_), max_iter=self.max_iter,
+                                  tol=self.tol)  # fmt: skip
         coef = fit.coef[0].cpu().numpy().T
         self.coef_ = coef
         self.intercept_ = fit.intercept[0].cpu().numpy() - coef @ mean

@@ -104,7 +104,8 @@ def fit_logreg(
         Which rows count in each problem (padding, cross-validation folds).
     solver : {"auto", "newton-kernel", "lbfgs"}
     tol : float
-        Stop when the gradient norm falls below ``tol`` times its value at zero.
+        Stop when the gradient norm falls below ``tol`` times its value at zero (``tol / 10``
+        for multinomial problems).
     init : LogRegFit, optional
         Warm start (L-BFGS only), e.g. the solution on a nested smaller subset.
 
@@ -132,7 +133,11 @@ def fit_logreg(
             raise ValueError("newton-kernel solves binary problems only")
         return _newton_kernel(X, y.to(dtype), m, Cv, max_iter=min(max_iter, 100), tol=tol)
     if solver == "lbfgs":
-        return _lbfgs(X, y, m, Cv, n_classes=n_classes, max_iter=max_iter, tol=tol, init=init)
+        # softmax problems get a tenth of the tolerance: at the same relative gradient norm
+        # their one-vs-rest AUROC was measured up to 1.5e-4 from the optimum's (near-separable
+        # subsets), against < 1e-4 for binary ones
+        tol_ = tol if n_classes == 2 else tol / 10
+        return _lbfgs(X, y, m, Cv, n_classes=n_classes, max_iter=max_iter, tol=tol_, init=init)
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
 
 

@@ -1,5 +1,5 @@
 """The sweep stage: plan, splits and nested subsets, execution, results table."""
 
-from fmprobe.sweep.run import PROBES, SAMPLERS, SweepConfig, SweepReport, sweep
+from fmprobe.sweep.run import PROBES, SweepConfig, SweepReport, samplers, sweep
 
-__all__ = ["PROBES", "SAMPLERS", "SweepConfig", "SweepReport", "sweep"]
+__all__ = ["PROBES", "SweepConfig", "SweepReport", "samplers", "sweep"]

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from fmprobe.errors import UsageError, did_you_mean
-from fmprobe.probes.logreg import batched_mv, fit_logreg
+from fmprobe.probes.backends import check_backend, fit_logreg_with
+from fmprobe.probes.logreg import batched_mv
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 from fmprobe.store import FeatureStore, open_store
@@ -32,7 +33,16 @@ from fmprobe.sweep.splits import Split, fold_masks, make_split, nested_order
 from fmprobe.sweep.tasks import Task, load_tasks
 
 PROBES = ("logreg", "ridge", "knn")
-SAMPLERS = ("random",)
+RANDOM_SAMPLER = "random"  # stratified, nested across n (sweep.splits.nested_order)
+
+
+def samplers() -> tuple[str, ...]:
+    """``random`` (stratified, nested) and every cold-start strategy of ``fmprobe select``."""
+    from fmprobe.select import STRATEGIES
+
+    return (RANDOM_SAMPLER, *(s for s in STRATEGIES if s != RANDOM_SAMPLER))
+
+
 CPU_CACHE_ELEMENTS = 1 << 20  # float32 feature elements per logreg batch on a CPU (4 MB)
 C_GRID = tuple(float(c) for c in np.logspace(-4, 4, 10))  # sklearn LogisticRegressionCV's Cs=10
 RESULT_COLUMNS = (
@@ -84,6 +94,7 @@ class SweepConfig:
     max_iter: int
     tol: float
     store_fingerprint: str
+    backend: str = "torch"
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -198,6 +209,8 @@ class _Data:
     X_test: torch.Tensor  # (T, D)
     y_test: torch.Tensor  # (T,)
     pool_mean: torch.Tensor  # (D,)
+    pool: np.ndarray  # (P,) store rows of the pool
+    test: np.ndarray  # (T,) store rows of the test set
 
 
 def _prepare(
@@ -217,6 +230,8 @@ def _prepare(
         X_test=Xt[torch.as_tensor(test, device=device)],
         y_test=torch.as_tensor(task.codes[test], device=device),
         pool_mean=X_pool.mean(0) if len(pool) else torch.zeros(X.shape[1], device=device),
+        pool=pool,
+        test=test,
     )
 
 
@@ -245,6 +260,7 @@ def _scores(
     knn_k: Sequence[int],
     max_iter: int,
     tol: float,
+    backend: str = "torch",
 ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Fit B problems and score ``X_eval`` ((T, D) shared, or (B, T, D) per problem).
 
@@ -279,7 +295,9 @@ def _scores(
             for i in range(Xb.shape[0])
         ]
         return [torch.stack(per_problem)], None, None
-    fit = fit_logreg(Xb, yb, C, n_classes=n_classes, mask=mask, max_iter=max_iter, tol=tol)
+    fit = fit_logreg_with(
+        backend, Xb, yb, C, n_classes=n_classes, mask=mask, max_iter=max_iter, tol=tol
+    )
     coef, intercept = fit.coef, fit.intercept
     if mu is not None and sd is not None:
         # the same linear function on raw features: w/σ, b - μ·(w/σ)
@@ -321,6 +339,7 @@ def _choose_C(
     standardize: bool,
     max_iter: int,
     tol: float,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, str]:
     """k-fold CV over ``C_GRID`` inside each subsample: every fold and grid point in one batch.
     Returns the chosen C per problem (ties: the smaller C) and how it was chosen."""
@@ -351,6 +370,7 @@ def _choose_C(
         knn_k=(),
         max_iter=max_iter,
         tol=tol,
+        backend=backend,
     )
     metric = _val_metric(scores[0], yr, held, n_classes).reshape(B, k, G)
     mean = torch.nan_to_num(metric, nan=-1.0).mean(1)
@@ -371,7 +391,11 @@ def run_unit(
     ns = [pool_size if n == "all" else int(n) for n in cfg.n]
     ns = list(dict.fromkeys(ns))
     n_max = min(pool_size, max(ns))
-    orders = {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
+    orders = (
+        {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
+        if unit.sampler == RANDOM_SAMPLER
+        else {}
+    )
     probe_names = [f"knn{k}" for k in cfg.knn_k] if unit.probe == "knn" else [unit.probe]
     base = {
         "feature": unit.feature,
@@ -387,7 +411,9 @@ def run_unit(
         status = "ok"
         if n > pool_size:
             status = "n_exceeds_pool"
-        elif n < task.n_classes:
+        elif n < task.n_classes and unit.sampler == RANDOM_SAMPLER:
+            # (a cold-start sampler's budget may be below the class count: it is fitted on
+            # the classes it happens to pick, as an annotator's first labels would be)
             status = "n_below_classes"
         if status != "ok":
             for seed in unit.seeds:
@@ -405,10 +431,14 @@ def run_unit(
         start = 0
         while start < len(unit.seeds):
             seeds = unit.seeds[start : start + step]
+            if unit.sampler == RANDOM_SAMPLER:
+                idx = np.stack([orders[s][:n] for s in seeds])
+            else:
+                idx = np.stack([_selected(unit, data, cfg, n=n, seed=s) for s in seeds])
             try:
-                rows = _fit_batch(unit, data, task, cfg, n=n, seeds=seeds, orders=orders,
-                                  center=center, X_test=X_test, base=base,
-                                  probe_names=probe_names)  # fmt: skip
+                rows = _fit_subsets(unit, data, task, cfg, n=n, seeds=seeds, idx=idx,
+                                    center=center, X_test=X_test, base=base,
+                                    probe_names=probe_names)  # fmt: skip
             except torch.OutOfMemoryError:
                 if len(seeds) == 1:
                     raise
@@ -420,6 +450,79 @@ def run_unit(
             start += len(seeds)
 
 
+_SELECTIONS: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _selected(unit: Unit, data: _Data, cfg: SweepConfig, *, n: int, seed: int) -> np.ndarray:
+    """Pool positions that the cold-start strategy ``unit.sampler`` picks for budget ``n`` on
+    the unit's feature (label-free: computed once per process for every task sharing the pool).
+    """
+    from fmprobe.select import select_indices
+
+    pool_key = hashlib.sha256(np.ascontiguousarray(data.pool).tobytes()).hexdigest()
+    key = (unit.feature, unit.sampler, cfg.l2_normalize, pool_key, n, seed)
+    if key not in _SELECTIONS:
+        if len(_SELECTIONS) > 4096:
+            _SELECTIONS.clear()
+        sel = select_indices(
+            data.X_pool, budget=n, strategy=unit.sampler, seed=seed, device=str(data.X_pool.device)
+        )
+        _SELECTIONS[key] = np.asarray(sel.indices, dtype=np.int64)
+    return _SELECTIONS[key]
+
+
+def _fit_subsets(
+    unit: Unit,
+    data: _Data,
+    task: Task,
+    cfg: SweepConfig,
+    *,
+    n: int,
+    seeds: tuple[int, ...],
+    idx: np.ndarray,
+    center: torch.Tensor,
+    X_test: torch.Tensor,
+    base: dict[str, Any],
+    probe_names: list[str],
+) -> list[dict[str, Any]]:
+    """Fit the problems whose training subsets ``idx`` (B, n) hold every class as one batch;
+    a subset that misses classes (possible with cold-start samplers, which never look at
+    labels) is fitted alone on the classes it has, and scores zero for the others."""
+    K = task.n_classes
+    y_np = data.y_pool[idx]
+    full = np.array([len(np.unique(y)) == K for y in y_np])
+
+    def fit(sub_seeds: tuple[int, ...], sub_idx: np.ndarray) -> list[dict[str, Any]]:
+        return _fit_batch(unit, data, task, cfg, n=n, seeds=sub_seeds, idx=sub_idx,
+                          center=center, X_test=X_test, base=base,
+                          probe_names=probe_names)  # fmt: skip
+
+    if full.all():
+        return fit(seeds, idx)
+    rows: list[dict[str, Any]] = []
+    if full.any():
+        rows += fit(tuple(s for s, f in zip(seeds, full, strict=True) if f), idx[full])
+    for b in np.flatnonzero(~full):
+        rows += fit((seeds[b],), idx[b : b + 1])
+    order = {
+        (name, s): i for i, (name, s) in enumerate((nm, s) for nm in probe_names for s in seeds)
+    }
+    return sorted(rows, key=lambda r: order[(r["probe"], r["seed"])])
+
+
+def _expand_classes(
+    scores: torch.Tensor, present: np.ndarray, n_classes: int, *, probability: bool
+) -> torch.Tensor:
+    """Scores of a problem fitted on the classes ``present`` only, as (B, T, n_classes) class
+    scores: absent classes score 0 (they are never predicted and rank last)."""
+    if scores.dim() == 2:  # two classes present: one score for the second of them
+        p1 = torch.sigmoid(scores) if not probability else scores
+        scores = torch.stack([1 - p1, p1], dim=-1)
+    out = torch.zeros(*scores.shape[:2], n_classes, dtype=scores.dtype, device=scores.device)
+    out[..., torch.as_tensor(present, device=scores.device)] = scores
+    return out
+
+
 def _fit_batch(
     unit: Unit,
     data: _Data,
@@ -428,7 +531,7 @@ def _fit_batch(
     *,
     n: int,
     seeds: tuple[int, ...],
-    orders: dict[int, np.ndarray],
+    idx: np.ndarray,
     center: torch.Tensor,
     X_test: torch.Tensor,
     base: dict[str, Any],
@@ -439,42 +542,62 @@ def _fit_batch(
     status = "ok"
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    idx = np.stack([orders[s][:n] for s in seeds])
     y_np = data.y_pool[idx]
     Xb = data.X_pool[torch.as_tensor(idx, device=device)] - center
+    # every problem of a batch holds the same classes; a cold-start subset may miss some
+    present = np.unique(y_np[0])
+    n_fit = len(present) if len(present) < task.n_classes else task.n_classes
+    if n_fit < task.n_classes:
+        status = "classes_missing"
+        y_np = np.searchsorted(present, y_np)
     yb = torch.as_tensor(y_np, device=device)
     selection = "fixed"
     if unit.probe == "knn":
         C = torch.ones(len(seeds), dtype=torch.float64, device=device)
         selection = "none"
-    elif cfg.C == "auto":
+    elif cfg.C == "auto" and n_fit >= 2:
         C, selection = _choose_C(
             unit.probe,
             Xb,
             yb,
             y_np,
-            n_classes=task.n_classes,
+            n_classes=n_fit,
             folds=cfg.folds,
             seeds=seeds,
             standardize=cfg.standardize,
             max_iter=cfg.max_iter,
             tol=cfg.tol,
+            backend=cfg.backend,
         )
     else:
         C = torch.full((len(seeds),), float(cfg.C), dtype=torch.float64, device=device)
-    variants, conv, iters = _scores(
-        unit.probe,
-        Xb,
-        yb,
-        X_test,
-        C,
-        n_classes=task.n_classes,
-        mask=None,
-        standardize=cfg.standardize,
-        knn_k=cfg.knn_k,
-        max_iter=cfg.max_iter,
-        tol=cfg.tol,
-    )
+    if n_fit >= 2:
+        variants, conv, iters = _scores(
+            unit.probe,
+            Xb,
+            yb,
+            X_test,
+            C,
+            n_classes=n_fit,
+            mask=None,
+            standardize=cfg.standardize,
+            knn_k=cfg.knn_k,
+            max_iter=cfg.max_iter,
+            tol=cfg.tol,
+            backend=cfg.backend,
+        )
+    else:  # one class labelled: no classifier, every test row scores the same
+        status = "single_class"
+        shape = (len(seeds), len(X_test)) + (() if task.n_classes == 2 else (1,))
+        variants = [torch.ones(shape, dtype=torch.float32, device=device)] * len(probe_names)
+        conv = iters = None
+    if n_fit < task.n_classes and task.n_classes > 2:
+        variants = [
+            _expand_classes(v, present, task.n_classes, probability=unit.probe == "knn")
+            for v in variants
+        ]
+    elif status == "single_class":  # binary task, one class: a constant score of class 1
+        variants = [torch.zeros_like(v) for v in variants]
     threshold = 0.5 if unit.probe == "knn" else 0.0
     metrics = [
         classification_metrics(s, data.y_test, n_classes=task.n_classes, threshold=threshold)
@@ -485,6 +608,7 @@ def _fit_batch(
     per_probe = (time.perf_counter() - t0) / (len(seeds) * len(variants))
     for v, name in enumerate(probe_names):
         met = {k: val.double().cpu().numpy() for k, val in metrics[v].items()}
+        test_scores = variants[v].to(torch.float32).cpu().numpy()
         for b, seed in enumerate(seeds):
             rows.append(
                 {
@@ -492,7 +616,7 @@ def _fit_batch(
                     "probe": name,
                     "n": n,
                     "seed": seed,
-                    "n_pos": int((y_np[b] == 1).sum()) if task.n_classes == 2 else None,
+                    "n_pos": int((data.y_pool[idx[b]] == 1).sum()) if task.n_classes == 2 else None,
                     "auroc": float(met["auroc"][b]),
                     "auprc": float(met["auprc"][b]),
                     "balanced_accuracy": float(met["balanced_accuracy"][b]),
@@ -502,6 +626,7 @@ def _fit_batch(
                     "converged": bool(conv[b]) if conv is not None else True,
                     "n_iter": int(iters[b]) if iters is not None else 0,
                     "status": status,
+                    "_scores": test_scores[b],  # (T,) or (T, K): kept by --save-predictions
                 }
             )
     return rows
@@ -540,10 +665,246 @@ def _frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
     return df
 
 
+FITTED = ("ok", "classes_missing")  # statuses of rows whose probe was fitted
+
+
+def _write_predictions(
+    rows: list[dict[str, Any]],
+    data: _Data,
+    task: Task,
+    fs: FeatureStore,
+    folder: Path,
+    unit: Unit,
+) -> None:
+    """``--save-predictions``: each probe's test-set scores, one row per probe.
+
+    ``<out>.predictions/<unit>.parquet`` holds the key columns (feature, task, probe, sampler,
+    n, seed, status), ``test`` (the name of the test table) and ``scores``: float32, T values
+    for binary tasks (the class-1 score), T·K row-major for K classes. ``test-<digest>.parquet``
+    lists that test set in score order: ``id``, ``row`` (store row) and ``y`` (class code).
+    """
+    test_name = (
+        "test-"
+        + hashlib.sha256(
+            f"{task.name}|{np.ascontiguousarray(data.test).tobytes().hex()}".encode()
+        ).hexdigest()[:16]
+    )
+    test_path = folder / f"{test_name}.parquet"
+    if not test_path.exists():
+        ids = fs.ids[data.test]
+        _write_atomic(
+            pd.DataFrame({
+                "id": np.asarray(ids).astype(str),
+                "row": data.test.astype(np.int64),
+                "y": data.y_test.cpu().numpy().astype(np.int64),
+            }),
+            test_path,
+        )  # fmt: skip
+    keys = ("feature", "task", "probe", "sampler", "n", "seed", "status")
+    fitted = [r for r in rows if "_scores" in r]
+    table = pd.DataFrame({k: [r[k] for r in fitted] for k in keys})
+    table["test"] = test_name
+    table["n_classes"] = task.n_classes
+    table["scores"] = [np.asarray(r["_scores"], np.float32).ravel() for r in fitted]
+    _write_atomic(table, folder / f"{unit.name}.parquet")
+
+
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+ENGINES = ("local", "ray")
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"I/N"`` (0 ≤ I < N) → (I, N); None → (0, 1)."""
+    if shard is None or shard == "":
+        return 0, 1
+    try:
+        i_s, n_s = str(shard).split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise UsageError(f"--shard {shard!r}: expected I/N, e.g. 0/8 (I from 0 to N-1)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UsageError(f"--shard {shard!r}: need 0 <= I < N, e.g. 0/8 … 7/8")
+    return i, n
+
+
+def shard_path(out: Path, i: int, n: int) -> Path:
+    """Shard I of N writes ``results.shard-I-of-N.parquet`` beside ``results.parquet``."""
+    return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
+
+
+def make_sweep_split(
+    cfg: SweepConfig, fs: FeatureStore, task_objs: list[Task], table: pd.DataFrame
+) -> Split:
+    return make_split(
+        n_rows=fs.n,
+        stratify=task_objs[0].codes,
+        split_values=table[cfg.split_col].to_numpy() if cfg.split_col else None,
+        split_col=cfg.split_col,
+        groups=table[cfg.group_col].to_numpy() if cfg.group_col else None,
+        group_col=cfg.group_col,
+        test_frac=cfg.test_frac,
+        seed=cfg.split_seed,
+    )
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What any process (this one, a Ray worker, an array-job shard) needs to run units."""
+
+    store: str
+    cfg: SweepConfig
+    parts: str
+    predictions: str | None
+    device: str
+
+
+def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None) -> int:
+    """Run ``units`` in this process, each written as its Parquet part (atomically, after its
+    predictions when kept); returns the number of probes fitted. Units are independent, so any
+    process may run any of them: the results do not depend on who runs what."""
+    from fmprobe.embed import resolve_device
+
+    cfg = job.cfg
+    fs = open_store(job.store)
+    task_objs, table = load_tasks(fs, list(cfg.tasks), labels=cfg.labels)
+    split = make_sweep_split(cfg, fs, task_objs, table)
+    dev = resolve_device(job.device)
+    parts, preds = Path(job.parts), Path(job.predictions) if job.predictions else None
+    batch_limit = _batch_limit(dev)
+    tasks_by_name = {t.name: t for t in task_objs}
+    cache: dict[tuple[str, str], _Data] = {}
+    X_cache: dict[str, np.ndarray] = {}
+    fitted = 0
+    for unit in units:
+        if unit.feature not in X_cache:
+            X_cache.clear()
+            X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
+        key = (unit.feature, unit.task)
+        if key not in cache:
+            cache.clear()
+            cache[key] = _prepare(
+                X_cache[unit.feature],
+                tasks_by_name[unit.task],
+                split,
+                l2_normalize=cfg.l2_normalize,
+                device=dev,
+            )
+        rows = []
+        for row in run_unit(
+            unit, cache[key], tasks_by_name[unit.task], cfg, batch_limit=batch_limit
+        ):
+            rows.append(row)
+            if progress is not None:
+                progress(1)
+        if preds is not None:  # before the results part, which marks the unit done
+            _write_predictions(rows, cache[key], tasks_by_name[unit.task], fs, preds, unit)
+        for row in rows:
+            row.pop("_scores", None)
+        _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
+        fitted += sum(1 for r in rows if r["status"] in FITTED)
+        _test_fault_hook()
+    return fitted
+
+
+def _test_fault_hook() -> None:
+    """For the fault-tolerance tests only: ``FMPROBE_TEST_DIE_ONCE=<marker file>`` makes the
+    first process that finishes a unit (or an embedding chunk) die at once, as kill -9 would,
+    once."""
+    marker = os.environ.get("FMPROBE_TEST_DIE_ONCE")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
+
+
+SWEEP_META_KEY = b"fmprobe_sweep"
+
+
+def _write_results(df: pd.DataFrame, path: Path, cfg: SweepConfig, *, seeds_per_unit: int) -> None:
+    """The results table, with the sweep's configuration in the Parquet metadata (so that
+    ``merge`` can check that shards belong together and order their rows as one run)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tbl = pa.Table.from_pandas(df, preserve_index=False)
+    meta = json.dumps(
+        {"digest": cfg.digest(), "config": asdict(cfg), "seeds_per_unit": seeds_per_unit},
+        default=str,
+    )
+    tbl = tbl.replace_schema_metadata(
+        {**(tbl.schema.metadata or {}), SWEEP_META_KEY: meta.encode()}
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(tbl, tmp)
+    os.replace(tmp, path)
+
+
+def merge(*, parts: Sequence[str], out: str) -> pd.DataFrame:
+    """Merge the tables of ``sweep --shard I/N`` runs into the table one run would have
+    written (same rows, same order). Shards of different sweeps, a unit in two shards, or a
+    missing unit are refused with a one-line error.
+
+    Examples
+    --------
+    >>> merge(parts=["r.shard-0-of-2.parquet", "r.shard-1-of-2.parquet"],
+    ...       out="r.parquet")  # doctest: +SKIP
+    """
+    import pyarrow.parquet as pq
+
+    if not parts:
+        raise UsageError("sweep merge: give the shard tables to merge, e.g. r.shard-*.parquet")
+    metas, frames = [], []
+    for p in parts:
+        if not Path(p).is_file():
+            raise UsageError(f"sweep merge: {p!r} does not exist")
+        md = pq.read_schema(p).metadata or {}
+        if SWEEP_META_KEY not in md:
+            raise UsageError(f"sweep merge: {p!r} is not a table written by fmprobe sweep")
+        metas.append(json.loads(md[SWEEP_META_KEY]))
+        frames.append(pd.read_parquet(p))
+    digests = {m["digest"] for m in metas}
+    if len(digests) > 1:
+        raise UsageError("sweep merge: the tables come from sweeps with different settings")
+    c = metas[0]["config"]
+    cfg = SweepConfig(**{
+        **c,
+        **{k: tuple(c[k]) for k in ("features", "tasks", "probes", "samplers", "n", "knn_k")},
+    })  # fmt: skip
+    units = plan_units(cfg, seeds_per_unit=int(metas[0]["seeds_per_unit"]))
+    rank = {}
+    for i, u in enumerate(units):
+        for seed in u.seeds:
+            rank[(u.feature, u.task, u.probe, u.sampler, seed)] = i
+    df = pd.concat(frames, ignore_index=True)
+    base_probe = df["probe"].where(~df["probe"].str.startswith("knn"), "knn")
+    key = list(zip(df["feature"], df["task"], base_probe, df["sampler"], df["seed"], strict=True))
+    unit_of = np.array([rank.get(k, -1) for k in key])
+    if (unit_of < 0).any():
+        raise UsageError("sweep merge: rows that are not in the sweep's plan")
+    dup = df.assign(_u=unit_of).duplicated(["_u", "probe", "n", "seed"])
+    if dup.any():
+        raise UsageError(
+            "sweep merge: a unit appears in more than one table (the same shard twice?)"
+        )
+    missing = len(units) - len(set(unit_of.tolist()))
+    if missing:
+        raise UsageError(
+            f"sweep merge: {missing} of {len(units)} work units are in none of the tables; "
+            "run the missing shards (or the sweep without --shard) first"
+        )
+    # one run's order: plan units in order, rows within a unit as they were written
+    df = df.assign(_u=unit_of, _i=np.arange(len(df))).sort_values(["_u", "_i"], kind="stable")
+    df = df.drop(columns=["_u", "_i"]).reset_index(drop=True)
+    _write_results(df, Path(out), cfg, seeds_per_unit=int(metas[0]["seeds_per_unit"]))
+    return df
 
 
 def sweep(
@@ -568,8 +929,13 @@ def sweep(
     l2_normalize: bool = False,
     max_iter: int = 500,
     tol: float = 1e-5,
+    backend: str = "torch",
     device: str | None = None,
     seeds_per_unit: int = 32,
+    save_predictions: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    shard: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> SweepReport:
@@ -585,16 +951,23 @@ def sweep(
     from fmprobe.embed import resolve_device
 
     t_start = time.perf_counter()
+    if engine not in ENGINES:
+        raise UsageError(
+            f"--engine {engine!r}{did_you_mean(engine, ENGINES)}: one of {', '.join(ENGINES)}"
+        )
+    shard_i, shard_n = parse_shard(shard)
     fs = open_store(store)
     probes = tuple(_split_list(probe))
     bad = [p for p in probes if p not in PROBES]
     if bad or not probes:
         raise UsageError(f"--probe {bad[0] if bad else ''!r}: valid probes are {', '.join(PROBES)}")
-    samplers = tuple(_split_list(sampler))
-    bad = [s for s in samplers if s not in SAMPLERS]
-    if bad or not samplers:
+    samplers_ = tuple(_split_list(sampler))
+    valid = samplers()
+    bad = [s for s in samplers_ if s not in valid]
+    if bad or not samplers_:
         raise UsageError(
-            f"--sampler {bad[0] if bad else ''!r}: valid samplers are {', '.join(SAMPLERS)}"
+            f"--sampler {bad[0] if bad else ''!r}{did_you_mean(bad[0], valid) if bad else ''}: "
+            f"valid samplers are {', '.join(valid)}"
         )
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: at least 1")
@@ -621,7 +994,7 @@ def sweep(
         features=resolve_features(fs, features),
         tasks=tuple(t.name for t in task_objs),
         probes=probes,
-        samplers=samplers,
+        samplers=samplers_,
         n=parse_ns(n),
         seeds=seeds,
         C=C,
@@ -637,17 +1010,9 @@ def sweep(
         max_iter=max_iter,
         tol=tol,
         store_fingerprint=fs.fingerprint,
+        backend=check_backend(backend),
     )
-    split = make_split(
-        n_rows=fs.n,
-        stratify=task_objs[0].codes,
-        split_values=table[split_col].to_numpy() if split_col else None,
-        split_col=split_col,
-        groups=table[group_col].to_numpy() if group_col else None,
-        group_col=group_col,
-        test_frac=test_frac,
-        seed=split_seed,
-    )
+    make_sweep_split(cfg, fs, task_objs, table)  # bad split settings fail here, not in workers
     dev = resolve_device(device)
     out_path = Path(out)
     parts = out_path.with_name(out_path.name + ".parts")
@@ -667,45 +1032,44 @@ def sweep(
         json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}, indent=2, default=str)
     )
     units = plan_units(cfg, seeds_per_unit=seeds_per_unit)
-    todo = [u for u in units if not (parts / f"{u.name}.parquet").exists()]
+    preds = out_path.with_name(out_path.name + ".predictions")
+    if save_predictions:
+        preds.mkdir(exist_ok=True)
+    mine = [u for i, u in enumerate(units) if i % shard_n == shard_i]
+    todo = [
+        u
+        for u in mine
+        if not (parts / f"{u.name}.parquet").exists()
+        or (save_predictions and not (preds / f"{u.name}.parquet").exists())
+    ]
     report = SweepReport(
-        out=str(out_path), rows=0, units_total=len(units), units_done_before=len(units) - len(todo)
+        out=str(out_path), rows=0, units_total=len(mine), units_done_before=len(mine) - len(todo)
     )
     variants = {p: (len(ks) if p == "knn" else 1) for p in probes}
     total = sum(len(u.seeds) * len(cfg.n) * variants[u.probe] for u in todo)
     bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr, disable=not progress)
-    batch_limit = _batch_limit(dev)
-    tasks_by_name = {t.name: t for t in task_objs}
+    job = SweepJob(
+        store=store,
+        cfg=cfg,
+        parts=str(parts),
+        predictions=str(preds) if save_predictions else None,
+        device=str(dev),
+    )
     t_loop = time.perf_counter()
-    cache: dict[tuple[str, str], _Data] = {}
-    X_cache: dict[str, np.ndarray] = {}
-    for unit in todo:
-        if unit.feature not in X_cache:
-            X_cache.clear()
-            X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
-        key = (unit.feature, unit.task)
-        if key not in cache:
-            cache.clear()
-            cache[key] = _prepare(
-                X_cache[unit.feature],
-                tasks_by_name[unit.task],
-                split,
-                l2_normalize=l2_normalize,
-                device=dev,
-            )
-        rows = []
-        for row in run_unit(
-            unit, cache[key], tasks_by_name[unit.task], cfg, batch_limit=batch_limit
-        ):
-            rows.append(row)
-            bar.update(1)
-        _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
-        report.probes_fitted += sum(1 for r in rows if r["status"] == "ok")
+    if engine == "ray":
+        from fmprobe.sweep.ray_engine import run_on_ray
+
+        report.probes_fitted = run_on_ray(job, todo, address=address, progress=bar.update)
+    else:
+        report.probes_fitted = execute_units(job, todo, progress=bar.update)
     bar.close()
     loop_seconds = time.perf_counter() - t_loop
-    frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in units]
+    if shard_n > 1:
+        out_path = shard_path(out_path, shard_i, shard_n)
+        report.out = str(out_path)
+    frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in mine]
     result = pd.concat(frames, ignore_index=True) if frames else _frame([], cfg)
-    _write_atomic(result, out_path)
+    _write_results(result, out_path, cfg, seeds_per_unit=seeds_per_unit)
     report.rows = len(result)
     report.seconds = loop_seconds if todo else time.perf_counter() - t_start
     bad_conv = result[(result["status"] == "ok") & (result["converged"] == False)]  # noqa: E712

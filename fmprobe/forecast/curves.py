@@ -1,0 +1,207 @@
+"""Curves input: read a table, group it into curves, check each one, pad them into arrays."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fmprobe.errors import UsageError, did_you_mean
+from fmprobe.forecast.fit import CurveData
+
+RESULTS_BY = ("feature", "task", "probe", "sampler")
+OK_STATUSES = ("ok", "ok_nan_dropped")
+
+
+def read_table(curves: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A DataFrame as is, or a CSV / Parquet file by its suffix."""
+    if isinstance(curves, pd.DataFrame):
+        return curves
+    path = Path(curves)
+    if not path.is_file():
+        raise UsageError(f"curves table {str(path)!r} does not exist; pass a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(path)
+    except Exception as exc:  # the readers raise many types for a damaged file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"curves table {str(path)!r} cannot be read ({first})") from None
+    raise UsageError(f"curves table {str(path)!r}: unknown suffix {suffix!r}; use .csv or .parquet")
+
+
+def default_by(df: pd.DataFrame) -> tuple[str, ...]:
+    """feature, task, probe, sampler for a results table; otherwise every string column."""
+    if "fmprobe_version" in df.columns or set(RESULTS_BY) <= set(df.columns):
+        return tuple(c for c in RESULTS_BY if c in df.columns)
+    return tuple(
+        c
+        for c in df.columns
+        if c not in ("n", "seed")
+        and (pd.api.types.is_string_dtype(df[c]) or pd.api.types.is_object_dtype(df[c]))
+    )
+
+
+def check_columns(df: pd.DataFrame, *, metric: str, by: tuple[str, ...]) -> None:
+    """One-line errors for a missing ``n``, metric or ``--by`` column."""
+    cols = [str(c) for c in df.columns]
+    if "n" not in df.columns:
+        raise UsageError(
+            f"the curves table has no column 'n' (columns: {', '.join(cols[:12])}); "
+            "rename the label-count column to n"
+        )
+    if metric not in df.columns:
+        raise UsageError(
+            f"--metric {metric!r} is not a column of the curves table{did_you_mean(metric, cols)}; "
+            f"numeric columns: {', '.join(c for c in cols if _numeric(df[c]))}"
+        )
+    if not _numeric(df[metric]):
+        raise UsageError(f"--metric {metric!r} is not numeric (dtype {df[metric].dtype})")
+    if not _numeric(df["n"]):
+        raise UsageError(f"column 'n' must be numeric, got dtype {df['n'].dtype}")
+    for b in by:
+        if b not in df.columns:
+            raise UsageError(
+                f"--by column {b!r} is not in the curves table{did_you_mean(b, cols)}; "
+                f"columns: {', '.join(cols[:20])}"
+            )
+        if b in ("n", metric):
+            raise UsageError(f"--by cannot contain {b!r}: it is the label count or the metric")
+
+
+def _numeric(s: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(s)) and not pd.api.types.is_bool_dtype(s)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Curves ready to fit.
+
+    Attributes
+    ----------
+    keys : DataFrame
+        One row per curve: the ``by`` columns (a column ``curve`` when ``by`` is empty).
+    status : ndarray of str, shape (C,)
+        ``ok``, ``ok_nan_dropped`` or why the curve is not forecast.
+    observed : DataFrame
+        Columns ``_curve`` (row of ``keys``), ``n``, ``observed`` (mean), ``k`` (seeds), ``var``.
+    data : CurveData
+        The fit points (n <= max_labels) of the fittable curves, in ``fit_index`` order.
+    fit_index : ndarray of int
+        Curve numbers of the rows of ``data``.
+    fit_max_n : ndarray, shape (C,)
+        Largest n used for fitting (NaN when not fitted).
+    """
+
+    keys: pd.DataFrame
+    status: np.ndarray
+    observed: pd.DataFrame
+    data: CurveData
+    fit_index: np.ndarray
+    fit_max_n: np.ndarray
+
+
+def build_curves(
+    df: pd.DataFrame, *, metric: str, by: tuple[str, ...], max_labels: float | None
+) -> Curves:
+    """Group ``df`` into curves, give each a status and pad the fittable ones into arrays."""
+    work = pd.DataFrame({"n": pd.to_numeric(df["n"], errors="coerce").astype(float)})
+    work["y"] = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    if by:
+        keys_df = df[list(by)].astype(object).where(df[list(by)].notna(), "")
+        codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys_df), sort=False)
+        keys = pd.DataFrame(list(uniques), columns=list(by))
+    else:
+        codes = np.zeros(len(df), dtype=np.int64)
+        keys = pd.DataFrame({"curve": ["all"]})
+    work["_curve"] = codes
+    C = len(keys)
+    status = np.full(C, "ok", dtype=object)
+    grouped = work.groupby("_curve")
+    has_nan = grouped["y"].apply(lambda s: bool(s.isna().any())).reindex(range(C), fill_value=False)
+    bad_n = grouped["n"].apply(lambda s: bool((s.isna() | (s <= 0)).any()))
+    bad_n = bad_n.reindex(range(C), fill_value=False)
+    clean = work[np.isfinite(work["y"]) & np.isfinite(work["n"]) & (work["n"] > 0)]
+    out_of_range = clean.groupby("_curve")["y"].apply(lambda s: bool(((s < 0) | (s > 1)).any()))
+    out_of_range = out_of_range.reindex(range(C), fill_value=False)
+
+    agg = clean.groupby(["_curve", "n"])["y"].agg(["mean", "var", "count"]).reset_index()
+    observed = agg.rename(columns={"mean": "observed", "count": "k"})
+    fit_pts = observed if max_labels is None else observed[observed["n"] <= max_labels]
+    per = fit_pts.groupby("_curve")
+    distinct = per["n"].size().reindex(range(C), fill_value=0).to_numpy()
+    spread = (per["observed"].max() - per["observed"].min()).reindex(range(C), fill_value=0.0)
+    first_last = per["observed"].agg(["first", "last"]).reindex(range(C))
+    sd_mean = np.sqrt(per["var"].median().reindex(range(C)).fillna(0.0).to_numpy() / 1.0)
+
+    status[np.asarray(has_nan)] = "ok_nan_dropped"
+    decreasing = (first_last["last"] < first_last["first"] - np.maximum(sd_mean, 1e-9)).to_numpy()
+    status[decreasing & (distinct >= 3)] = "decreasing"
+    status[(spread.to_numpy() <= 1e-12) & (distinct >= 3)] = "constant"
+    status[distinct < 3] = "too_few_points"
+    status[np.asarray(out_of_range)] = "out_of_range"
+    status[np.asarray(bad_n)] = "nonpositive_n"
+
+    fit_index = np.flatnonzero(np.isin(status, OK_STATUSES))
+    fit_max_n = np.full(C, np.nan)
+    fp = fit_pts[fit_pts["_curve"].isin(fit_index)]
+    data = _pad(fp, fit_index)
+    if len(fit_index):
+        fit_max_n[fit_index] = data.n.max(axis=1)
+    return Curves(
+        keys=keys,
+        status=status.astype(str),
+        observed=observed,
+        data=data,
+        fit_index=fit_index,
+        fit_max_n=fit_max_n,
+    )
+
+
+def _pad(fp: pd.DataFrame, fit_index: np.ndarray) -> CurveData:
+    """Padded (C, P) arrays of n, mean and weight ``k/σ²`` (σ² floored; equal weights when a
+    curve has one seed per n)."""
+    C = len(fit_index)
+    if C == 0:
+        z = np.zeros((0, 3))
+        return CurveData(n=z, y=z, w=z)
+    fp = fp.sort_values(["_curve", "n"])
+    row = np.searchsorted(fit_index, fp["_curve"].to_numpy())
+    pos = fp.groupby("_curve").cumcount().to_numpy()
+    P = int(pos.max()) + 1
+    n = np.zeros((C, P))
+    y = np.zeros((C, P))
+    w = np.zeros((C, P))
+    var = fp["var"].to_numpy(dtype=float)
+    k = fp["k"].to_numpy(dtype=float)
+    n[row, pos] = fp["n"].to_numpy(dtype=float)
+    y[row, pos] = fp["observed"].to_numpy(dtype=float)
+    v = np.full((C, P), np.nan)
+    v[row, pos] = np.where(k > 1, var, np.nan)
+    kk = np.zeros((C, P))
+    kk[row, pos] = k
+    filled = np.zeros((C, P), dtype=bool)
+    filled[row, pos] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a curve with one seed per n: no var
+        med = np.nanmedian(np.where(filled, v, np.nan), axis=1, keepdims=True)
+    no_var = ~np.isfinite(med) | (med <= 0)
+    # seed variances from a handful of seeds are noisy: a floor at a tenth of the curve's median
+    # keeps one lucky n from taking all the weight
+    floor = np.maximum(0.1 * np.where(no_var, 1.0, med), 1e-8)
+    v = np.where(np.isfinite(v), v, np.where(no_var, 1.0, med))
+    v = np.maximum(v, floor)
+    w = np.where(filled, np.where(no_var, 1.0, kk / v), 0.0)
+    w = w / w.max(axis=1, keepdims=True)
+    counts = filled.sum(axis=1)
+    last = counts - 1
+    for j in range(P):
+        pad = j > last
+        n[pad, j] = n[pad, last[pad]]
+        y[pad, j] = y[pad, last[pad]]
+    return CurveData(n=n, y=y, w=w)

@@ -1,0 +1,303 @@
+"""Distance primitives of the selection strategies: exact kNN, radius graphs, k-means and
+farthest-first traversal, computed in blocks so that no N × N matrix is ever held.
+
+Two backends compute the nearest-neighbour searches: ``faiss`` (exact ``IndexFlatL2``, on the
+GPU with faiss-gpu) and ``torch`` (blocked matrix products on any device). Everything around
+the searches (k-means updates, greedy loops) is shared, so both backends select the same rows
+up to floating-point ties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from fmprobe.errors import UsageError
+
+# Rows per block of a blocked distance computation: BLOCK × N float32 distances at a time
+# (256 MB at N = 100,000 with the default), whatever N is.
+_BLOCK_BYTES = 256 * 2**20
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the nearest-neighbour searches run: ``name`` is ``faiss`` or ``torch``."""
+
+    name: str
+    device: torch.device
+
+    def block_rows(self, n: int) -> int:
+        return int(max(1, min(n, _BLOCK_BYTES // (4 * max(n, 1)))))
+
+
+def resolve_backend(device: str | None, backend: str | None = None) -> Backend:
+    """faiss when importable (faiss-gpu on a CUDA device), else torch; ``backend`` forces one."""
+    if device is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device!r}: no CUDA device here; use --device cpu")
+    faiss = _faiss()
+    faiss_ok = faiss is not None and (
+        dev.type == "cpu" or (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+    )
+    if backend is None:
+        backend = "faiss" if faiss_ok else "torch"
+    elif backend not in ("faiss", "torch"):
+        raise UsageError(f"backend {backend!r}: expected 'faiss' or 'torch'")
+    elif backend == "faiss" and not faiss_ok:
+        raise UsageError("backend 'faiss' needs faiss-cpu (or faiss-gpu on CUDA): pip install it")
+    return Backend(backend, dev)
+
+
+def _faiss_index(base: np.ndarray, be: Backend) -> Any:
+    faiss = _faiss()
+    index = faiss.IndexFlatL2(base.shape[1])
+    if be.device.type == "cuda":
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(np.ascontiguousarray(base, dtype=np.float32))
+    return index
+
+
+def _sorted_rows(d2: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row ordered by (distance, index), so ties come out the same from every backend."""
+    order = np.lexsort((idx, d2), axis=-1)
+    return np.take_along_axis(d2, order, -1), np.take_along_axis(idx, order, -1)
+
+
+def _exact_d2(base: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Squared distances of the found neighbours recomputed as ||q - b||^2: the expansion
+    |q|^2 + |b|^2 - 2 q.b that finds them loses the digits of small distances in float32."""
+    m, kk = idx.shape
+    out = np.empty((m, kk), dtype=np.float32)
+    step = max(1, _BLOCK_BYTES // (4 * max(kk * base.shape[1], 1)))
+    for s in range(0, m, step):
+        diff = base[idx[s : s + step]] - queries[s : s + step, None, :]
+        out[s : s + step] = np.einsum("mkd,mkd->mk", diff, diff)
+    return out
+
+
+def knn(
+    base: np.ndarray, queries: np.ndarray, k: int, be: Backend, *, self_search: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest rows of ``base`` for each query: (squared distances, indices),
+    both (M, k), nearest first. ``self_search`` (queries are ``base``) leaves each row's own
+    index out of its neighbours."""
+    kk = min(k + int(self_search), len(base))
+    if be.name == "faiss":
+        d2, idx = _faiss_index(base, be).search(np.ascontiguousarray(queries, np.float32), kk)
+        d2, idx = np.maximum(d2, 0), idx.astype(np.int64)
+    else:
+        b = torch.as_tensor(base, device=be.device)
+        bn = (b * b).sum(1)
+        d_parts, i_parts = [], []
+        step = be.block_rows(len(base))
+        for s in range(0, len(queries), step):
+            q = torch.as_tensor(queries[s : s + step], device=be.device)
+            dist = ((q * q).sum(1)[:, None] + bn[None, :] - 2 * (q @ b.T)).clamp_(min=0)
+            v, i = torch.topk(dist, kk, dim=1, largest=False)
+            d_parts.append(v.cpu().numpy())
+            i_parts.append(i.cpu().numpy())
+        d2, idx = np.concatenate(d_parts), np.concatenate(i_parts).astype(np.int64)
+    d2 = _exact_d2(base, queries, idx)
+    d2, idx = _sorted_rows(d2, idx)
+    if not self_search:
+        return d2, idx
+    own = idx == np.arange(len(queries))[:, None]
+    keep = ~own
+    keep[~own.any(1), -1] = False  # own row not among the kk (exact duplicates): drop the last
+    m = kk - 1
+    return d2[keep].reshape(len(queries), m), idx[keep].reshape(len(queries), m)
+
+
+def radius_graph(
+    x: np.ndarray, delta: float, be: Backend, *, max_edges: int = 400_000_000
+) -> sparse.csr_matrix:
+    """Boolean sparse (N, N) graph with an edge i → j when ``||x_i - x_j|| < delta``."""
+    n = len(x)
+    r2 = float(delta) ** 2
+    rows, cols, total = [], [], 0
+    step = be.block_rows(n)
+    index = _faiss_index(x, be) if be.name == "faiss" else None
+    xt = torch.as_tensor(x, device=be.device) if index is None else None
+    xsq = (xt * xt).sum(1) if xt is not None else None
+    for s in range(0, n, step):
+        if index is not None:
+            lims, _, nb = index.range_search(np.ascontiguousarray(x[s : s + step]), r2)
+            r = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims).astype(np.int64))
+            c = nb.astype(np.int64)
+        else:
+            assert xt is not None and xsq is not None
+            q = xt[s : s + step]
+            dist = xsq[s : s + step, None] + xsq[None, :] - 2 * (q @ xt.T)
+            nz = torch.nonzero(dist < r2)
+            r, c = nz[:, 0].cpu().numpy() + s, nz[:, 1].cpu().numpy()
+        total += len(r)
+        if total > max_edges:
+            raise UsageError(
+                f"the radius {delta:.4g} joins more than {max_edges:,} pairs of rows; "
+                "pass a smaller --delta or a larger --k"
+            )
+        rows.append(r.astype(np.int32))
+        cols.append(c.astype(np.int32))
+    r_all, c_all = np.concatenate(rows), np.concatenate(cols)
+    data = np.ones(len(r_all), dtype=bool)
+    graph = sparse.csr_matrix((data, (r_all, c_all)), shape=(n, n))
+    graph.sort_indices()
+    return graph
+
+
+def nearest_other_label(
+    x: np.ndarray, labels: np.ndarray, queries: np.ndarray, be: Backend
+) -> np.ndarray:
+    """Distance from each row ``queries[i]`` to the nearest row of another label (inf if none)."""
+    out = np.full(len(queries), np.inf)
+    if be.name == "faiss":
+        for lab in np.unique(labels[queries]):
+            others = np.flatnonzero(labels != lab)
+            mine = queries[labels[queries] == lab]
+            if len(others):
+                d2, _ = knn(x[others], x[mine], 1, be)
+                out[labels[queries] == lab] = np.sqrt(d2[:, 0])
+        return out
+    xt = torch.as_tensor(x, device=be.device)
+    xn = (xt * xt).sum(1)
+    lab_t = torch.as_tensor(labels, device=be.device)
+    step = be.block_rows(len(x))
+    for s in range(0, len(queries), step):
+        qi = torch.as_tensor(queries[s : s + step], device=be.device)
+        dist = (xn[qi][:, None] + xn[None, :] - 2 * (xt[qi] @ xt.T)).clamp_(min=0)
+        dist[lab_t[qi][:, None] == lab_t[None, :]] = float("inf")
+        out[s : s + step] = dist.min(1).values.sqrt().cpu().numpy()
+    return out
+
+
+def sq_dist_to(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared distances (N, M) from the rows of ``x`` (norms ``xn``) to ``c`` (M, D)."""
+    return (xn[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T)).clamp_(min=0)
+
+
+def farthest_first(
+    x: np.ndarray,
+    candidates: np.ndarray,
+    centers: np.ndarray,
+    count: int,
+    be: Backend,
+    *,
+    start: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-center greedy: ``count`` picks among ``candidates`` (bool mask), each the candidate
+    farthest from every center so far (``centers``: indices, then each pick). Returns the picks
+    and their distances at pick time (NaN for ``start``, the first center when there is none).
+    Memory O(N): one vector of distances to the nearest center."""
+    xt = torch.as_tensor(x, device=be.device)
+    xn = (xt * xt).sum(1)
+    mind = torch.full((len(x),), float("inf"), dtype=torch.float64, device=be.device)
+    step = max(1, be.block_rows(len(x)))
+    for s in range(0, len(centers), step):
+        c = xt[torch.as_tensor(centers[s : s + step], device=be.device)]
+        mind = torch.minimum(mind, sq_dist_to(xt, xn, c).min(1).values.double())
+    mask = torch.as_tensor(~candidates, device=be.device)
+    picks, scores = [], []
+    if start is not None and count > 0:
+        picks.append(start)
+        scores.append(float("nan"))
+    while len(picks) < count:
+        if picks:
+            c = xt[picks[-1]][None, :]
+            mind = torch.minimum(mind, sq_dist_to(xt, xn, c)[:, 0].double())
+        avail = mind.masked_fill(mask, -1.0)
+        if picks:
+            avail[torch.as_tensor(picks, device=be.device)] = -1.0
+        best = int(torch.argmax(avail))
+        picks.append(best)
+        scores.append(float(np.sqrt(max(float(avail[best]), 0.0))))
+    return np.asarray(picks, dtype=np.int64), np.asarray(scores)
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    labels: np.ndarray  # (N,) int64 in 0..k-1, every cluster non-empty
+    centroids: np.ndarray  # (k, D) float32
+    d2: np.ndarray  # (N,) squared distance of each row to its centroid
+    iterations: int
+
+    @property
+    def inertia(self) -> float:
+        return float(self.d2.sum())
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int, be: Backend, max_iter: int = 30, init: str = "k-means++"
+) -> KMeansResult:
+    """Lloyd's k-means with k-means++ seeding (one candidate per step); the assignment step is
+    an exact 1-NN search through the backend. Empty clusters take the row farthest from its
+    centroid, so every cluster ends non-empty."""
+    n = len(x)
+    k = int(min(k, n))
+    rng = np.random.default_rng(seed)
+    xt = torch.as_tensor(x, device=be.device)
+    xn = (xt * xt).sum(1)
+    if init == "random":
+        centers = np.sort(rng.choice(n, k, replace=False))
+    else:
+        centers_l = [int(rng.integers(n))]
+        mind = sq_dist_to(xt, xn, xt[centers_l[0]][None, :])[:, 0].double().cpu().numpy()
+        for _ in range(1, k):
+            total = mind.sum()
+            if total <= 0:
+                rest = np.setdiff1d(np.arange(n), centers_l)
+                centers_l.extend(rest[: k - len(centers_l)].tolist())
+                break
+            nxt = int(np.searchsorted(np.cumsum(mind), rng.random() * total, side="right"))
+            nxt = min(nxt, n - 1)
+            centers_l.append(nxt)
+            d_new = sq_dist_to(xt, xn, xt[nxt][None, :])[:, 0].double().cpu().numpy()
+            np.minimum(mind, d_new, out=mind)
+        centers = np.asarray(centers_l)
+    centroids = np.ascontiguousarray(x[centers], dtype=np.float32)
+    labels = np.full(n, -1, dtype=np.int64)
+    it = 0
+    d2 = np.zeros(n, dtype=np.float32)
+    for it in range(1, max_iter + 1):  # noqa: B007
+        # Two candidates re-ranked on exact distances: backends then agree on near-ties.
+        d2_k, idx = knn(centroids, x, min(2, k), be)
+        new, d2 = idx[:, 0], d2_k[:, 0]
+        counts = np.bincount(new, minlength=k)
+        for empty in np.flatnonzero(counts == 0):
+            movable = counts[new] > 1
+            far = int(np.argmax(np.where(movable, d2, -1.0)))
+            counts[new[far]] -= 1
+            new[far], d2[far] = empty, 0.0
+            counts[empty] = 1
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        onehot = sparse.csr_matrix(
+            (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
+        )
+        sums: np.ndarray = np.asarray(onehot @ x, dtype=np.float32)
+        centroids = (sums / counts[:, None]).astype(np.float32)
+    d2 = np.empty(n, dtype=np.float32)
+    step = 16384
+    ct = torch.as_tensor(centroids, device=be.device)
+    for s in range(0, n, step):
+        diff = xt[s : s + step] - ct[torch.as_tensor(labels[s : s + step], device=be.device)]
+        d2[s : s + step] = (diff * diff).sum(1).cpu().numpy()
+    return KMeansResult(labels=labels, centroids=centroids, d2=d2, iterations=it)

@@ -1,0 +1,103 @@
+"""``fmprobe sweep --engine ray``: the plan's work units as Ray tasks.
+
+Units that share a feature and task go to one task (the feature is read and put on the device
+once per task). Each unit's part is written atomically by the worker that ran it, so a worker
+or driver killed mid-run loses only the units in flight; Ray retries a task whose worker died,
+and a rerun (with either engine) skips every unit already on disk. A task asks for one GPU when
+the cluster has GPUs, else one CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import groupby
+from typing import Any
+
+from fmprobe.errors import FmprobeError, UsageError
+from fmprobe.sweep.run import SweepJob, Unit, execute_units
+
+
+def _groups(units: Sequence[Unit], max_units: int) -> list[list[Unit]]:
+    out: list[list[Unit]] = []
+    for _, grp in groupby(units, key=lambda u: (u.feature, u.task)):
+        g = list(grp)
+        out += [g[i : i + max_units] for i in range(0, len(g), max_units)]
+    return out
+
+
+def _run_group(job: SweepJob, units: list[Unit]) -> int:
+    return execute_units(job, units)
+
+
+def run_on_ray(
+    job: SweepJob,
+    units: Sequence[Unit],
+    *,
+    address: str | None = None,
+    progress: Callable[[int], Any] | None = None,
+    max_units_per_task: int = 4,
+    num_cpus: int | None = None,
+) -> int:
+    """Run ``units`` on a Ray cluster (``address``: an existing cluster, e.g. ``ray://host:10001``
+    or ``auto``; None starts a local one). Returns the number of probes fitted."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--engine ray needs Ray: pip install 'fmprobe[ray]' (or use --engine local)"
+        ) from None
+    if not units:
+        return 0
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"--address {address!r}: cannot reach a Ray cluster ({exc})") from None
+        started_here = True
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        device = job.device
+        if gpus:
+            device = "cuda"
+        elif device.startswith("cuda"):
+            device = "cpu"  # the driver's GPU is not the workers'
+        job = SweepJob(
+            store=job.store, cfg=job.cfg, parts=job.parts, predictions=job.predictions,
+            device=device,
+        )  # fmt: skip
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_retries=3)(
+            _run_group
+        )
+        pending = {}
+        for g in _groups(units, max_units_per_task):
+            ref = remote.remote(job, g)
+            pending[ref] = g
+        fitted = 0
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            g = pending.pop(ref)
+            try:
+                fitted += int(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                raise FmprobeError(
+                    f"a Ray task failed ({type(exc).__name__}); finished units are kept, rerun "
+                    "the same command to resume"
+                ) from exc
+            if progress is not None:
+                progress(sum(len(u.seeds) * _variants(job, u) * len(job.cfg.n) for u in g))
+        return fitted
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _variants(job: SweepJob, unit: Unit) -> int:
+    return len(job.cfg.knn_k) if unit.probe == "knn" else 1
