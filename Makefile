@@ -38,6 +38,16 @@ demo: $(STAMP)
 		t = r.pivot_table(index='n', columns='feature', values='auroc', aggfunc='mean'); \
 		t.columns = [c.split('/', 1)[1] for c in t.columns]; \
 		print('mean macro AUROC on the test split, by label count n:'); print(t.round(3).to_string())"
+	@echo "demo: forecast from the first 50 labels (intervals at 90%, labels needed for 0.85 / 0.9):"
+	$(BIN)/fmprobe forecast $(DEMO)/results.parquet --config configs/forecast-digits.yaml \
+		--out $(DEMO)/forecast.parquet
+	@$(PY) -c "import pandas as pd; f = pd.read_parquet('$(DEMO)/forecast.parquet'); \
+		f = f[f.n.isin([1343, 5000])]; f['feature'] = [c.split('/', 1)[1] for c in f.feature]; \
+		print(f[['feature', 'n', 'observed', 'predicted', 'lower', 'upper', 'n_needed_0.9']] \
+		.round(3).to_string(index=False))"
+	$(BIN)/fmprobe report $(DEMO)/results.parquet --forecast $(DEMO)/forecast.parquet \
+		--store $(DEMO)/digits.zarr --out $(DEMO)/report
+	@echo "demo: open $(DEMO)/report/index.html in a browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check fmprobe tests benchmarks
@@ -50,6 +60,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_forecast.py
+	$(BIN)/python benchmarks/bench_select.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from fmprobe.cli_common import (
     _parse_json_object,
     config_option,
     device_option,
+    engine_options,
     friendly,
     json_option,
     quiet_option,
@@ -115,14 +116,7 @@ def main() -> None:
     default=None,
     help="I/N: embed only the I-th of N chunk-aligned row ranges (array jobs, one store).",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: shards as Ray tasks, one per GPU (or CPU) of the cluster.",
-)
-@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@engine_options("ray: shards as Ray tasks, one per GPU (or CPU) of the cluster.")
 @click.option("--workers", default=None, type=int, help="Ray shards (default: GPUs, else CPUs).")
 @quiet_option
 @config_option
@@ -213,6 +207,17 @@ def embed(**opts: Any) -> None:
 @click.option("--group-col", default=None, help="Group (patient) column: no group on both sides.")
 @click.option("--split-seed", default=0, show_default=True, type=int)
 @click.option(
+    "--test-where",
+    default=None,
+    help="COL=VALUE: test on that domain, train on the rest (out-of-domain evaluation).",
+)
+@click.option(
+    "--group-by",
+    default=None,
+    help="Columns (e.g. sex,scanner): per-subgroup metrics with bootstrap CIs in "
+    "<out stem>.subgroups.parquet (keeps predictions).",
+)
+@click.option(
     "--standardize", is_flag=True, help="z-score features with each subsample's statistics."
 )
 @click.option("--l2-normalize", is_flag=True, help="Scale each feature row to unit norm.")
@@ -231,14 +236,7 @@ def embed(**opts: Any) -> None:
     is_flag=True,
     help="Keep every probe's test-set scores in <out>.predictions/ (for fmprobe compare).",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where work units run: this process, or Ray tasks (one per GPU/CPU).",
-)
-@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@engine_options("Where work units run: this process, or Ray tasks (one per GPU/CPU).")
 @click.option(
     "--shard",
     default=None,
@@ -284,6 +282,8 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
         f"({report.probes_per_second:.0f} probes/s){resumed}; {report.rows} rows in {report.out}",
         err=True,
     )
+    if report.subgroups:
+        click.echo(f"sweep: subgroup metrics in {report.subgroups}", err=True)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:

@@ -100,3 +100,21 @@ quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 device_option = click.option(
     "--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)."
 )
+
+
+def engine_options(help_ray: str) -> Callable[[F], F]:
+    """``--engine local|ray`` and ``--address`` (the Ray cluster), shared by embed and sweep."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--address", default=None, help="Ray cluster address (default: start a local one)."
+        )(func)
+        return click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=help_ray,
+        )(func)
+
+    return decorate

@@ -380,3 +380,36 @@ def test_sklearn_backend_gives_the_torch_engines_results(store: Path, tmp_path: 
     ok = s["converged"].to_numpy(bool) & t["converged"].to_numpy(bool)
     assert ok.sum() >= len(s) // 2
     np.testing.assert_allclose(t["auroc"][ok], s["auroc"][ok], atol=1e-4)
+
+
+def test_test_where_trains_on_the_rest_and_group_by_writes_subgroups(
+    store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.parquet"
+    report = sweep(store=str(store), out=str(out), features="enc_a/*", tasks="finding", n="20",
+                   seeds=2, C=0.5, test_where="tissue=fat", group_by="patient_half",
+                   labels=str(_with_half(store, tmp_path)), progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    fs = open_store(store)
+    table = fs.samples()
+    fat = (table["tissue"] == "fat").to_numpy()
+    assert (res["n_test"] == fat.sum()).all() and (res["split"] == "where:tissue=fat").all()
+    X = fs.read_feature("enc_a/last/cls").astype(np.float64)
+    y = table["finding"].to_numpy()
+    pool, test = np.flatnonzero(~fat), np.flatnonzero(fat)
+    for row in res.itertuples():
+        idx = pool[nested_order(y[pool], seed=row.seed)[: row.n]]
+        ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=100_000).fit(X[idx], y[idx])
+        assert abs(row.auroc - roc_auc_score(y[test], ref.decision_function(X[test]))) <= 1e-4
+    sub = pd.read_parquet(report.subgroups)
+    assert set(sub["group"].astype(str)) >= {"low", "high"}
+    with pytest.raises(UsageError, match="no row has tissue"):
+        sweep(store=str(store), out=str(tmp_path / "x.parquet"), tasks="finding", test_where="tissue=bone",
+              progress=False)  # fmt: skip
+
+
+def _with_half(store: Path, tmp_path: Path) -> Path:
+    t = open_store(store).samples()
+    t["patient_half"] = np.where(t["patient"] < 75, "low", "high")
+    t[["id", "finding", "patient_half"]].to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path / "labels.csv"

@@ -34,6 +34,7 @@ from fmprobe.cli_common import config_option, friendly, json_option
     "--group-by", default=None, help="Store columns: compare within each subgroup (needs --store)."
 )
 @click.option("--store", default=None, help="The feature store the sweep read (for --group-by).")
+@click.option("--labels", default=None, help="The sweep's --labels table (group columns in it).")
 @json_option
 @config_option
 @friendly

@@ -503,8 +503,11 @@ def _parse_columns(value: str | Sequence[str] | None) -> list[str]:
     return [str(v) for v in value]
 
 
-def store_samples(store: str | Path | None, group_by: list[str]) -> pd.DataFrame | None:
-    """The store's ``id`` and ``group_by`` columns (None without ``group_by``)."""
+def store_samples(
+    store: str | Path | None, group_by: list[str], labels: str | Path | None = None
+) -> pd.DataFrame | None:
+    """The store's ``id`` and ``group_by`` columns (None without ``group_by``); columns of a
+    ``labels`` table (CSV/Parquet with ``id``, as the sweep's ``--labels``) join in and win."""
     if not group_by:
         return None
     if store is None:
@@ -513,6 +516,15 @@ def store_samples(store: str | Path | None, group_by: list[str]) -> pd.DataFrame
 
     fs = open_store(store)
     samples = fs.samples()
+    if labels is not None:
+        from fmprobe.store.transfer import read_table
+
+        extra = read_table(labels)
+        if "id" not in extra.columns:
+            raise UsageError(f"--labels {str(labels)!r} has no `id` column")
+        extra = extra.assign(id=extra["id"].astype(str))
+        keep = [c for c in samples.columns if c == "id" or c not in extra.columns]
+        samples = samples[keep].merge(extra, on="id", how="left")
     cols = [c for c in samples.columns if c != "id"]
     for col in group_by:
         if col not in cols:
@@ -571,6 +583,7 @@ def compare(
     sampler: str | None = None,
     group_by: str | Sequence[str] | None = None,
     store: str | Path | None = None,
+    labels: str | Path | None = None,
 ) -> Comparison:
     """Compare two features (or samplers, or probes) of a sweep by the hierarchical paired
     bootstrap, per task and pooled over tasks.
@@ -623,7 +636,7 @@ def compare(
         n=n,
         fixed={"feature": feature, "probe": probe, "sampler": sampler},
     )
-    samples = store_samples(store, _parse_columns(group_by))
+    samples = store_samples(store, _parse_columns(group_by), labels)
     tasks = sorted(set(rows_a["task"]) & set(rows_b["task"]))
     if not tasks:
         raise UsageError(f"{a!r} and {b!r} share no task at n={n_}")

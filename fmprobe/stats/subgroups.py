@@ -59,6 +59,7 @@ def subgroup_metrics(
     results: str | Path,
     group_by: str | Sequence[str],
     store: str | Path,
+    labels: str | Path | None = None,
     metric: str = "auroc",
     n: int | Sequence[int] | None = None,
     features: str | Sequence[str] | None = None,
@@ -107,7 +108,7 @@ def subgroup_metrics(
     if not cols:
         raise UsageError("--group-by is empty; name store columns, e.g. --group-by sex,scanner")
     pred = load_predictions(results)
-    samples = store_samples(store, cols)
+    samples = store_samples(store, cols, labels)
     t = pred.table
     if n is not None:
         wanted = {int(n)} if isinstance(n, (int, np.integer)) else {int(v) for v in n}

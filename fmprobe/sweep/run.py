@@ -95,9 +95,15 @@ class SweepConfig:
     tol: float
     store_fingerprint: str
     backend: str = "torch"
+    test_where: str | None = None
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = asdict(self)
+        # settings added later count only when set: older sweeps keep their digest (and resume)
+        for k, default in (("backend", "torch"), ("test_where", None)):
+            if d[k] == default:
+                del d[k]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -110,6 +116,7 @@ class SweepReport:
     seconds: float = 0.0
     not_converged: int = 0
     warnings: list[str] = field(default_factory=list)
+    subgroups: str | None = None  # the subgroup table written for --group-by
 
     @property
     def probes_per_second(self) -> float:
@@ -653,7 +660,13 @@ def _frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
     df["converged"] = df["converged"].astype("boolean")
     df["n_iter"] = df["n_iter"].astype("Int64")
     df["C_selection"] = df["C_selection"].astype("string")
-    df["split"] = f"col:{cfg.split_col}" if cfg.split_col else f"frac:{cfg.test_frac}"
+    df["split"] = (
+        f"where:{cfg.test_where}"
+        if cfg.test_where
+        else f"col:{cfg.split_col}"
+        if cfg.split_col
+        else f"frac:{cfg.test_frac}"
+    )
     df["group_col"] = cfg.group_col or ""
     df["split_seed"] = cfg.split_seed
     df["standardize"] = cfg.standardize
@@ -737,9 +750,42 @@ def shard_path(out: Path, i: int, n: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
 
 
+def parse_test_where(value: str | None, table: pd.DataFrame) -> tuple[str, str] | None:
+    """``COL=VALUE`` → (COL, VALUE), the column checked against the table."""
+    if not value:
+        return None
+    col, sep, val = str(value).partition("=")
+    if not sep or not col:
+        raise UsageError(f"--test-where {value!r}: expected COL=VALUE, e.g. scanner=siemens")
+    if col not in table.columns:
+        raise UsageError(
+            f"--test-where: column {col!r} is not in the store or --labels"
+            f"{did_you_mean(col, table.columns)}"
+        )
+    values = table[col].astype(str)
+    if not (values == val).any():
+        shown = ", ".join(sorted(values.unique())[:10])
+        raise UsageError(f"--test-where {value!r}: no row has {col} = {val!r} (values: {shown})")
+    if (values == val).all():
+        raise UsageError(f"--test-where {value!r}: every row matches; nothing is left to train on")
+    return col, val
+
+
 def make_sweep_split(
     cfg: SweepConfig, fs: FeatureStore, task_objs: list[Task], table: pd.DataFrame
 ) -> Split:
+    """The sweep's one test split: ``--test-where`` (out-of-domain), ``--split-col``, or a
+    stratified (grouped) ``--test-frac``."""
+    where = parse_test_where(cfg.test_where, table)
+    if where is not None:
+        col, val = where
+        is_test = (table[col].astype(str) == val).to_numpy()
+        return Split(
+            train=np.flatnonzero(~is_test),
+            test=np.flatnonzero(is_test),
+            method=f"where:{col}={val}",
+            seed=cfg.split_seed,
+        )
     return make_split(
         n_rows=fs.n,
         stratify=task_objs[0].codes,
@@ -930,6 +976,8 @@ def sweep(
     max_iter: int = 500,
     tol: float = 1e-5,
     backend: str = "torch",
+    test_where: str | None = None,
+    group_by: str | Sequence[str] | None = None,
     device: str | None = None,
     seeds_per_unit: int = 32,
     save_predictions: bool = False,
@@ -985,11 +1033,16 @@ def sweep(
     if "knn" in probes and (not ks or ks[0] < 1):
         raise UsageError("--knn-k needs positive integers, e.g. 1,5,20")
     task_objs, table = load_tasks(fs, _split_list(tasks) or ["label"], labels=labels)
-    for col in (split_col, group_col):
+    group_cols = _split_list(group_by)
+    for col in (split_col, group_col, *group_cols):
         if col is not None and col not in table.columns:
             raise UsageError(
                 f"column {col!r} is not in the store or --labels{did_you_mean(col, table.columns)}"
             )
+    if test_where and split_col:
+        raise UsageError("--test-where and --split-col both define the test set; pass one")
+    if group_cols:
+        save_predictions = True  # subgroup metrics are computed from the kept scores
     cfg = SweepConfig(
         features=resolve_features(fs, features),
         tasks=tuple(t.name for t in task_objs),
@@ -1011,6 +1064,7 @@ def sweep(
         tol=tol,
         store_fingerprint=fs.fingerprint,
         backend=check_backend(backend),
+        test_where=test_where or None,
     )
     make_sweep_split(cfg, fs, task_objs, table)  # bad split settings fail here, not in workers
     dev = resolve_device(device)
@@ -1047,7 +1101,8 @@ def sweep(
     )
     variants = {p: (len(ks) if p == "knn" else 1) for p in probes}
     total = sum(len(u.seeds) * len(cfg.n) * variants[u.probe] for u in todo)
-    bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr,
+               disable=not progress or total == 0)  # fmt: skip
     job = SweepJob(
         store=store,
         cfg=cfg,
@@ -1071,6 +1126,13 @@ def sweep(
     result = pd.concat(frames, ignore_index=True) if frames else _frame([], cfg)
     _write_results(result, out_path, cfg, seeds_per_unit=seeds_per_unit)
     report.rows = len(result)
+    if group_cols and shard_n == 1:
+        from fmprobe.stats.subgroups import subgroup_metrics
+
+        sub = subgroup_metrics(results=out_path, group_by=group_cols, store=store, labels=labels)
+        sub_path = out_path.with_name(f"{out_path.stem}.subgroups{out_path.suffix}")
+        _write_atomic(sub.table, sub_path)
+        report.subgroups = str(sub_path)
     report.seconds = loop_seconds if todo else time.perf_counter() - t_start
     bad_conv = result[(result["status"] == "ok") & (result["converged"] == False)]  # noqa: E712
     report.not_converged = len(bad_conv)
