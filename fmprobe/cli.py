@@ -176,7 +176,10 @@ def embed(**opts: Any) -> None:
     help="CSV/Parquet table joined on `id` (multi-label tasks; missing labels masked).",
 )
 @click.option(
-    "--probe", default="logreg", show_default=True, help="Comma list of logreg, ridge, knn."
+    "--probe",
+    default="logreg",
+    show_default=True,
+    help="Comma list of logreg, ridge, knn; or attnpool (patch tokens, alone).",
 )
 @click.option(
     "--sampler",
@@ -201,6 +204,16 @@ def embed(**opts: Any) -> None:
     help="Inverse regularisation, or 'auto' (k-fold CV over a grid).",
 )
 @click.option("--folds", default=5, show_default=True, type=int, help="Folds for --C auto.")
+@click.option(
+    "--layers",
+    default=None,
+    help="attnpool: stored token layers to combine, e.g. 2,5,8,11 (default: all stored).",
+)
+@click.option(
+    "--attnpool",
+    default=None,
+    help='attnpool settings (AttnPoolConfig) as JSON, e.g. \'{"epochs": 25, "width": 256}\'.',
+)
 @click.option("--knn-k", default="1,5,20", show_default=True, help="k values of the kNN probe.")
 @click.option("--split-col", default=None, help="Column with values train/test.")
 @click.option("--test-frac", default=0.25, show_default=True, type=float)

@@ -413,3 +413,46 @@ def _with_half(store: Path, tmp_path: Path) -> Path:
     t["patient_half"] = np.where(t["patient"] < 75, "low", "high")
     t[["id", "finding", "patient_half"]].to_csv(tmp_path / "labels.csv", index=False)
     return tmp_path / "labels.csv"
+
+
+def test_attnpool_probe_in_a_sweep_equals_the_engine_called_directly(tmp_path: Path) -> None:
+    """`--probe attnpool` on stored patch tokens: the rows' metrics are sklearn's on the scores
+    that fit_predict_attnpool gives for the same subsets, and a rerun gives the same rows."""
+    from fmprobe.embed import embed
+    from fmprobe.probes.attnpool import AttnPoolConfig, fit_predict_attnpool
+
+    store = tmp_path / "tok.zarr"
+    embed(data="builtin:digits", model="timm:vit_tiny_patch16_224", random_init=True,
+          model_kwargs={"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 16,
+                        "num_heads": 2}, tokens=True, store=str(store), num_workers=0,
+          progress=False)  # fmt: skip
+    settings = {"epochs": 3, "min_steps": 0, "width": 16, "heads": 2, "batch_size": 64}
+    kw = dict(store=str(store), features="timm-*", probe="attnpool", tasks="label", n="30,100",
+              seeds=2, attnpool=settings, progress=False)  # fmt: skip
+    sweep(out=str(tmp_path / "a.parquet"), **kw)  # type: ignore[arg-type]
+    res = pd.read_parquet(tmp_path / "a.parquet")
+    assert set(res["probe"]) == {"attnpool"} and (res["status"] == "ok").all()
+    feature = res["feature"].iloc[0]
+    assert feature.endswith("/attnpool") and "block0+block1" in feature
+    fs = open_store(store)
+    tasks, _ = load_tasks(fs, ["label"])
+    y = tasks[0].codes
+    split = make_split(n_rows=fs.n, stratify=y, test_frac=0.25, seed=0)
+    tokens = [fs.root[f"timm-vit_tiny_patch16_224/block{i}/tokens"] for i in (0, 1)]
+    for n in (30, 100):
+        idx = np.stack([nested_order(y[split.train], seed=s, n_max=n)[:n] for s in (0, 1)])
+        scores, _ = fit_predict_attnpool(tokens=tokens, train_rows=split.train[idx],
+                                         y_train=y[split.train][idx], test_rows=split.test,
+                                         n_classes=10, seeds=[0, 1],
+                                         config=AttnPoolConfig(**settings))  # fmt: skip
+        for s in (0, 1):
+            row = res[(res.n == n) & (res.seed == s)].iloc[0]
+            ref = roc_auc_score(y[split.test], scores[s], multi_class="ovr")
+            assert abs(row.auroc - ref) < 1e-9
+    sweep(out=str(tmp_path / "b.parquet"), **kw)  # type: ignore[arg-type]
+    a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
+    b = pd.read_parquet(tmp_path / "b.parquet").drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(UsageError, match="sweep of its own"):
+        sweep(store=str(store), out=str(tmp_path / "c.parquet"), probe="attnpool,logreg",
+              progress=False)  # fmt: skip

@@ -29,10 +29,11 @@ from fmprobe.probes.logreg import batched_mv
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 from fmprobe.store import FeatureStore, open_store
+from fmprobe.store.core import read_strings
 from fmprobe.sweep.splits import Split, fold_masks, make_split, nested_order
 from fmprobe.sweep.tasks import Task, load_tasks
 
-PROBES = ("logreg", "ridge", "knn")
+PROBES = ("logreg", "ridge", "knn", "attnpool")
 RANDOM_SAMPLER = "random"  # stratified, nested across n (sweep.splits.nested_order)
 
 
@@ -96,11 +97,12 @@ class SweepConfig:
     store_fingerprint: str
     backend: str = "torch"
     test_where: str | None = None
+    attnpool: str | None = None  # AttnPoolConfig fields as JSON (probe attnpool)
 
     def digest(self) -> str:
         d = asdict(self)
         # settings added later count only when set: older sweeps keep their digest (and resume)
-        for k, default in (("backend", "torch"), ("test_where", None)):
+        for k, default in (("backend", "torch"), ("test_where", None), ("attnpool", None)):
             if d[k] == default:
                 del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -171,6 +173,54 @@ def resolve_features(store: FeatureStore, patterns: str | Sequence[str]) -> tupl
             f"feature {incomplete[0]!r} is unfinished; rerun its `fmprobe embed` first"
         )
     return tuple(chosen)
+
+
+def resolve_token_features(
+    store: FeatureStore, patterns: str | Sequence[str], layers: str | Sequence[int] | None
+) -> tuple[str, ...]:
+    """``--probe attnpool``: ``--features`` globs select models with stored patch tokens,
+    ``--layers`` which of their stored layers to combine (default: all). Returns names
+    ``<model>/block2+block5+…/attnpool`` (the results' ``feature``)."""
+    infos = [f for f in store.features() if f.pool == "tokens" and f.model is not None]
+    stored: dict[str, list[int]] = {}
+    for f in infos:
+        stored.setdefault(str(f.model), []).append(int(f.layer or 0))
+    if not stored:
+        raise UsageError(
+            f"--probe attnpool needs patch tokens and {store.path} has none; "
+            "embed with `fmprobe embed --tokens`"
+        )
+    models = sorted(stored)
+    chosen: list[str] = []
+    for pat in _split_list(patterns) or ["*"]:
+        head = pat.split("/")[0]
+        hits = [m for m in models if fnmatch.fnmatchcase(m, pat) or fnmatch.fnmatchcase(m, head)]
+        if not hits:
+            raise UsageError(
+                f"--features {pat!r} matches no model with stored tokens"
+                f"{did_you_mean(pat, models)}; models with tokens: {', '.join(models)}"
+            )
+        chosen += [h for h in hits if h not in chosen]
+    try:
+        want = None if layers in (None, "", "all") else [int(v) for v in _split_list(layers)]
+    except ValueError:
+        raise UsageError(
+            f"--layers {layers!r}: comma list of block indices, e.g. 2,5,8,11"
+        ) from None
+    names = []
+    for m in chosen:
+        have = sorted(stored[m])
+        use = have if want is None else want
+        missing = [i for i in use if i not in have]
+        if missing:
+            raise UsageError(
+                f"--layers: {m} has no stored tokens of block {missing[0]}; stored: "
+                f"{', '.join(map(str, have))}"
+            )
+        if not all(f.complete for f in infos if f.model == m):
+            raise UsageError(f"the tokens of {m!r} are unfinished; rerun its `fmprobe embed` first")
+        names.append(f"{m}/{'+'.join(f'block{i}' for i in use)}/attnpool")
+    return tuple(names)
 
 
 # --- the plan -----------------------------------------------------------------------------------
@@ -750,6 +800,32 @@ def shard_path(out: Path, i: int, n: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
 
 
+def _attnpool_json(value: str | dict[str, Any] | None) -> str:
+    """``--attnpool '{"epochs": 10}'`` → canonical JSON of AttnPoolConfig's fields, checked."""
+    from fmprobe.probes.attnpool import AttnPoolConfig
+
+    fields: dict[str, Any] = {}
+    if isinstance(value, str):
+        if value.strip():
+            try:
+                loaded = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise UsageError(
+                    f"--attnpool is not valid JSON ({exc.msg}); e.g. '{{\"epochs\": 10}}'"
+                ) from None
+            if not isinstance(loaded, dict):
+                raise UsageError("--attnpool must be a JSON object, e.g. '{\"epochs\": 10}'")
+            fields = loaded
+    elif value:
+        fields = dict(value)
+    known = set(AttnPoolConfig.__dataclass_fields__)
+    for k in fields:
+        if k not in known:
+            raise UsageError(f"--attnpool: unknown setting {k!r}{did_you_mean(k, known)}")
+    AttnPoolConfig(**fields)  # validates
+    return json.dumps(fields, sort_keys=True)
+
+
 def parse_test_where(value: str | None, table: pd.DataFrame) -> tuple[str, str] | None:
     """``COL=VALUE`` → (COL, VALUE), the column checked against the table."""
     if not value:
@@ -827,6 +903,18 @@ def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None)
     X_cache: dict[str, np.ndarray] = {}
     fitted = 0
     for unit in units:
+        if unit.probe == "attnpool":
+            task = tasks_by_name[unit.task]
+            rows = list(_attnpool_unit(unit, fs, task, split, cfg, dev, progress))
+            if preds is not None:
+                data = _token_data(task, split, dev, _unreadable(fs, unit.feature.split("/")[0]))
+                _write_predictions(rows, data, task, fs, preds, unit)
+            for row in rows:
+                row.pop("_scores", None)
+            _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
+            fitted += sum(1 for r in rows if r["status"] in FITTED)
+            _test_fault_hook()
+            continue
         if unit.feature not in X_cache:
             X_cache.clear()
             X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
@@ -855,6 +943,85 @@ def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None)
         fitted += sum(1 for r in rows if r["status"] in FITTED)
         _test_fault_hook()
     return fitted
+
+
+def _token_data(
+    task: Task, split: Split, device: torch.device, unreadable: np.ndarray | None = None
+) -> _Data:
+    """The pool and test rows of a task for a probe that reads tokens, not pooled features
+    (rows without a label, or whose image was unreadable, left out)."""
+    ok = task.codes >= 0
+    if unreadable is not None:
+        ok = ok & ~unreadable
+    pool = split.train[ok[split.train]]
+    test = split.test[ok[split.test]]
+    empty = torch.zeros(0, device=device)
+    return _Data(X_pool=empty, y_pool=task.codes[pool], X_test=empty,
+                 y_test=torch.as_tensor(task.codes[test], device=device), pool_mean=empty,
+                 pool=pool, test=test)  # fmt: skip
+
+
+def _unreadable(fs: FeatureStore, model: str) -> np.ndarray:
+    """(N,) True where the model's embed recorded the image as unreadable (NaN tokens)."""
+    err = read_strings(fs.root[f"{model}/_error"])
+    return np.asarray(err != "")
+
+
+def _attnpool_unit(
+    unit: Unit,
+    fs: FeatureStore,
+    task: Task,
+    split: Split,
+    cfg: SweepConfig,
+    device: torch.device,
+    progress: Any,
+) -> Iterator[dict[str, Any]]:
+    """The attention-pooling probe's (n, seed) problems of a unit: for each n, every seed's
+    problem trained at once on the stored tokens (streamed from the store)."""
+    from fmprobe.probes.attnpool import AttnPoolConfig, fit_predict_attnpool
+
+    model, blocks, _ = unit.feature.split("/")
+    tokens = [fs.root[f"{model}/{b}/tokens"] for b in blocks.split("+")]
+    config = AttnPoolConfig(**json.loads(cfg.attnpool or "{}"))
+    data = _token_data(task, split, device, _unreadable(fs, model))
+    pool_size = len(data.pool)
+    ns = list(dict.fromkeys(pool_size if n == "all" else int(n) for n in cfg.n))
+    n_max = min(pool_size, max(ns))
+    orders = {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
+    base = {"feature": unit.feature, "task": task.name, "sampler": unit.sampler,
+            "n_test": len(data.test), "n_classes": task.n_classes, "probe": "attnpool"}  # fmt: skip
+    for n in ns:
+        status = (
+            "n_exceeds_pool" if n > pool_size else "n_below_classes" if n < task.n_classes else "ok"
+        )
+        if status != "ok":
+            for seed in unit.seeds:
+                yield {**base, "n": n, "seed": seed, "status": status}
+            continue
+        t0 = time.perf_counter()
+        idx = np.stack([orders[s][:n] for s in unit.seeds])
+        scores, infos = fit_predict_attnpool(
+            tokens=tokens, train_rows=data.pool[idx], y_train=data.y_pool[idx],
+            test_rows=data.test, n_classes=task.n_classes, seeds=list(unit.seeds),
+            config=config, device=device,
+        )  # fmt: skip
+        sc = torch.as_tensor(scores, device=device)
+        met = classification_metrics(sc, data.y_test, n_classes=task.n_classes, threshold=0.0)
+        m = {k: v.double().cpu().numpy() for k, v in met.items()}
+        per_probe = (time.perf_counter() - t0) / len(unit.seeds)
+        for b, seed in enumerate(unit.seeds):
+            y_b = data.y_pool[idx[b]]
+            yield {
+                **base, "n": n, "seed": seed, "status": "ok",
+                "n_pos": int((y_b == 1).sum()) if task.n_classes == 2 else None,
+                "auroc": float(m["auroc"][b]), "auprc": float(m["auprc"][b]),
+                "balanced_accuracy": float(m["balanced_accuracy"][b]),
+                "fit_seconds": per_probe, "C": None, "C_selection": "none",
+                "converged": True, "n_iter": int(infos[b].steps),
+                "_scores": np.asarray(scores[b], np.float32),
+            }  # fmt: skip
+        if progress is not None:
+            progress(len(unit.seeds))
 
 
 def _test_fault_hook() -> None:
@@ -978,6 +1145,8 @@ def sweep(
     backend: str = "torch",
     test_where: str | None = None,
     group_by: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
+    attnpool: str | dict[str, Any] | None = None,
     device: str | None = None,
     seeds_per_unit: int = 32,
     save_predictions: bool = False,
@@ -1043,8 +1212,21 @@ def sweep(
         raise UsageError("--test-where and --split-col both define the test set; pass one")
     if group_cols:
         save_predictions = True  # subgroup metrics are computed from the kept scores
+    if "attnpool" in probes:
+        if len(probes) > 1:
+            raise UsageError(
+                "--probe attnpool reads patch tokens, the other probes pooled features: "
+                "run attnpool in a sweep of its own"
+            )
+        if samplers_ != (RANDOM_SAMPLER,):
+            raise UsageError("--probe attnpool draws random (stratified, nested) subsets only")
+        feature_keys = resolve_token_features(fs, features, layers)
+        attn_json = _attnpool_json(attnpool)
+    else:
+        feature_keys = resolve_features(fs, features)
+        attn_json = None
     cfg = SweepConfig(
-        features=resolve_features(fs, features),
+        features=feature_keys,
         tasks=tuple(t.name for t in task_objs),
         probes=probes,
         samplers=samplers_,
@@ -1065,6 +1247,7 @@ def sweep(
         store_fingerprint=fs.fingerprint,
         backend=check_backend(backend),
         test_where=test_where or None,
+        attnpool=attn_json,
     )
     make_sweep_split(cfg, fs, task_objs, table)  # bad split settings fail here, not in workers
     dev = resolve_device(device)
