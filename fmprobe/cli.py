@@ -285,6 +285,7 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
     from fmprobe.sweep import sweep as run_sweep
 
     as_json, quiet = opts.pop("as_json"), opts.pop("quiet")
+    opts["attnpool"] = _parse_json_object(opts["attnpool"], "--attnpool", '{"epochs": 25}') or None
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("ignore")
         report = run_sweep(**opts, progress=not quiet)

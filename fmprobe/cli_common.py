@@ -38,17 +38,17 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _parse_json_object(value: str | None, name: str) -> dict[str, Any]:
+def _parse_json_object(
+    value: str | None, name: str, example: str = '{"img_size": 64}'
+) -> dict[str, Any]:
     if not value:
         return {}
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{name} is not valid JSON ({exc.msg}); e.g. '{{\"img_size\": 64}}'"
-        ) from None
+        raise UsageError(f"{name} is not valid JSON ({exc.msg}); e.g. '{example}'") from None
     if not isinstance(parsed, dict):
-        raise UsageError(f"{name} must be a JSON object, e.g. '{{\"img_size\": 64}}'")
+        raise UsageError(f"{name} must be a JSON object, e.g. '{example}'")
     return parsed
 
 

@@ -27,6 +27,7 @@ from fmprobe.data import Dataset, parse_data
 from fmprobe.encoders import POOLS, Encoder, create_encoder, parse_model_name, pool_tokens
 from fmprobe.encoders.base import check_weights_path, file_sha256
 from fmprobe.errors import ImageReadError, ModelError, StoreError, UsageError
+from fmprobe.parallel import fault_hook_for_tests, parse_shard
 from fmprobe.store import ATTR, FeatureStore, create_store, open_store, store_exists
 
 DTYPES = ("float32", "float16")
@@ -313,8 +314,6 @@ def embed(
     ...       store="digits.zarr")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    from fmprobe.sweep.run import parse_shard
-
     shard_i, shard_n = parse_shard(shard)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine!r}: one of local, ray")
@@ -618,6 +617,4 @@ def _write_chunk(
         arr[start:stop] = buf["tokens"][i]
     group["_error"][start:stop] = np.asarray(buf["errors"], dtype=str)
     group["_done"][chunk] = True  # last: the chunk counts as done only once its data is on disk
-    from fmprobe.sweep.run import _test_fault_hook
-
-    _test_fault_hook()
+    fault_hook_for_tests()

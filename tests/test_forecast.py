@@ -132,14 +132,7 @@ def test_labels_needed_equals_root_of_the_fitted_curve() -> None:
     need, lo, hi, _ = labels_needed(fits, 0.9, level=0.8)
     checked = 0
     for i in range(len(fits.fit_max_n)):
-        sub = type(fits)(
-            families=fits.families,
-            params={f: p[i : i + 1] for f, p in fits.params.items()},
-            sse={f: s[i : i + 1] for f, s in fits.sse.items()},
-            weights=fits.weights,
-            fit_max_n=fits.fit_max_n[i : i + 1],
-            fit_min_n=fits.fit_min_n[i : i + 1],
-        )
+        sub = fits.curve(i)
         curves = {
             "point": (need, lambda n, s=sub: s.center(np.array([[n]]))[0][0, 0]),
             "upper": (lo, lambda n, s=sub: s.quantiles(np.array([[n]]), np.array([0.9]))[0, 0, 0]),

@@ -47,14 +47,7 @@ def plot_curve(result: ForecastResult, curve: int, *, ax: Any = None, target: An
         lo_n = max(float(t["n"].min()), 1.0)
         grid = np.geomspace(lo_n, max(float(t["n"].max()), fit_max * 2), 200)[None, :]
         fits = result.fits
-        sub = type(fits)(
-            families=fits.families,
-            params={f: p[i : i + 1] for f, p in fits.params.items()},
-            sse={f: s[i : i + 1] for f, s in fits.sse.items()},
-            weights=fits.weights,
-            fit_max_n=fits.fit_max_n[i : i + 1],
-            fit_min_n=fits.fit_min_n[i : i + 1],
-        )
+        sub = fits.curve(i)
         for f, v in zip(fits.families, sub.family_values(grid)[:, 0], strict=True):
             ax.plot(grid[0], v, lw=0.8, alpha=0.5, label=f)
         point = sub.center(grid)[0][0]

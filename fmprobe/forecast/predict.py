@@ -90,6 +90,17 @@ class Fits:
     fit_max_n: np.ndarray
     fit_min_n: np.ndarray
 
+    def curve(self, i: int) -> Fits:
+        """The fits of curve ``i`` alone (C = 1)."""
+        return Fits(
+            families=self.families,
+            params={f: p[i : i + 1] for f, p in self.params.items()},
+            sse={f: s[i : i + 1] for f, s in self.sse.items()},
+            weights=self.weights,
+            fit_max_n=self.fit_max_n[i : i + 1],
+            fit_min_n=self.fit_min_n[i : i + 1],
+        )
+
     def family_values(self, n: np.ndarray) -> np.ndarray:
         """Each family's curve at n (shape (C, M)), clipped to [0, 1]; shape (F, C, M)."""
         n = np.asarray(n, dtype=float)

@@ -11,7 +11,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fmprobe.probes.backends import BACKENDS, check_backend, fit_logreg_with
-from fmprobe.probes.logreg import fit_logreg
 
 
 class LogisticProbe(ClassifierMixin, BaseEstimator):
@@ -79,15 +78,10 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         Xt = torch.as_tensor(X - mean, device=dev)[None]
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
-        y_t = torch.as_tensor(codes, device=dev)[None]
-        if self.backend == "torch":
-            fit = fit_logreg(Xt, y_t, float(self.C), n_classes=len(self.classes_),
-                             solver=self.solver, max_iter=self.max_iter, tol=self.tol)  # fmt: skip
-        else:
-            check_backend(self.backend)
-            fit = fit_logreg_with(self.backend, Xt, y_t, float(self.C),
-                                  n_classes=len(self.classes_), max_iter=self.max_iter,
-                                  tol=self.tol)  # fmt: skip
+        check_backend(self.backend)
+        fit = fit_logreg_with(self.backend, Xt, torch.as_tensor(codes, device=dev)[None],
+                              float(self.C), n_classes=len(self.classes_), solver=self.solver,
+                              max_iter=self.max_iter, tol=self.tol)  # fmt: skip
         coef = fit.coef[0].cpu().numpy().T
         self.coef_ = coef
         self.intercept_ = fit.intercept[0].cpu().numpy() - coef @ mean

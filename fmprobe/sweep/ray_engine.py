@@ -9,6 +9,7 @@ the cluster has GPUs, else one CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
@@ -68,10 +69,7 @@ def run_on_ray(
             device = "cuda"
         elif device.startswith("cuda"):
             device = "cpu"  # the driver's GPU is not the workers'
-        job = SweepJob(
-            store=job.store, cfg=job.cfg, parts=job.parts, predictions=job.predictions,
-            device=device,
-        )  # fmt: skip
+        job = dataclasses.replace(job, device=device)
         remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_retries=3)(
             _run_group
         )

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from fmprobe.errors import UsageError, did_you_mean
+from fmprobe.parallel import fault_hook_for_tests, parse_shard
 from fmprobe.probes.backends import check_backend, fit_logreg_with
 from fmprobe.probes.logreg import batched_mv
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
@@ -435,6 +436,22 @@ def _choose_C(
     return Cr.reshape(B, k, G)[:, 0, :].gather(1, best[:, None])[:, 0], "cv"
 
 
+def _label_counts(cfg: SweepConfig, pool_size: int) -> list[int]:
+    """The plan's label counts for a pool (``all`` = the pool), each once, in plan order."""
+    return list(dict.fromkeys(pool_size if n == "all" else int(n) for n in cfg.n))
+
+
+def _n_status(n: int, pool_size: int, task: Task, sampler: str) -> str:
+    """``ok``, or why (n, seed) problems of this label count are not fitted."""
+    if n > pool_size:
+        return "n_exceeds_pool"
+    if n < task.n_classes and sampler == RANDOM_SAMPLER:
+        # (a cold-start sampler's budget may be below the class count: it is fitted on the
+        # classes it happens to pick, as an annotator's first labels would be)
+        return "n_below_classes"
+    return "ok"
+
+
 def run_unit(
     unit: Unit,
     data: _Data,
@@ -445,8 +462,7 @@ def run_unit(
 ) -> Iterator[dict[str, Any]]:
     """Fit every (n, seed) problem of a unit; yield one result row per probe variant."""
     pool_size = len(data.y_pool)
-    ns = [pool_size if n == "all" else int(n) for n in cfg.n]
-    ns = list(dict.fromkeys(ns))
+    ns = _label_counts(cfg, pool_size)
     n_max = min(pool_size, max(ns))
     orders = (
         {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
@@ -465,13 +481,7 @@ def run_unit(
     center = data.pool_mean if unit.probe == "logreg" else torch.zeros_like(data.pool_mean)
     X_test = data.X_test - center  # centred once, not per batch
     for n in ns:
-        status = "ok"
-        if n > pool_size:
-            status = "n_exceeds_pool"
-        elif n < task.n_classes and unit.sampler == RANDOM_SAMPLER:
-            # (a cold-start sampler's budget may be below the class count: it is fitted on
-            # the classes it happens to pick, as an annotator's first labels would be)
-            status = "n_below_classes"
+        status = _n_status(n, pool_size, task, unit.sampler)
         if status != "ok":
             for seed in unit.seeds:
                 for name in probe_names:
@@ -774,12 +784,9 @@ def _write_predictions(
     for binary tasks (the class-1 score), T·K row-major for K classes. ``test-<digest>.parquet``
     lists that test set in score order: ``id``, ``row`` (store row) and ``y`` (class code).
     """
-    test_name = (
-        "test-"
-        + hashlib.sha256(
-            f"{task.name}|{np.ascontiguousarray(data.test).tobytes().hex()}".encode()
-        ).hexdigest()[:16]
-    )
+    digest = hashlib.sha256(task.name.encode() + b"|")
+    digest.update(np.ascontiguousarray(data.test, dtype=np.int64).tobytes())
+    test_name = "test-" + digest.hexdigest()[:16]
     test_path = folder / f"{test_name}.parquet"
     if not test_path.exists():
         ids = fs.ids[data.test]
@@ -809,43 +816,16 @@ def _write_atomic(df: pd.DataFrame, path: Path) -> None:
 ENGINES = ("local", "ray")
 
 
-def parse_shard(shard: str | None) -> tuple[int, int]:
-    """``"I/N"`` (0 ≤ I < N) → (I, N); None → (0, 1)."""
-    if shard is None or shard == "":
-        return 0, 1
-    try:
-        i_s, n_s = str(shard).split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise UsageError(f"--shard {shard!r}: expected I/N, e.g. 0/8 (I from 0 to N-1)") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise UsageError(f"--shard {shard!r}: need 0 <= I < N, e.g. 0/8 … 7/8")
-    return i, n
-
-
 def shard_path(out: Path, i: int, n: int) -> Path:
     """Shard I of N writes ``results.shard-I-of-N.parquet`` beside ``results.parquet``."""
     return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
 
 
-def _attnpool_json(value: str | dict[str, Any] | None) -> str:
-    """``--attnpool '{"epochs": 10}'`` → canonical JSON of AttnPoolConfig's fields, checked."""
+def _attnpool_json(value: dict[str, Any] | None) -> str:
+    """AttnPoolConfig's fields (``--attnpool``), checked, as canonical JSON for the config."""
     from fmprobe.probes.attnpool import AttnPoolConfig
 
-    fields: dict[str, Any] = {}
-    if isinstance(value, str):
-        if value.strip():
-            try:
-                loaded = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise UsageError(
-                    f"--attnpool is not valid JSON ({exc.msg}); e.g. '{{\"epochs\": 10}}'"
-                ) from None
-            if not isinstance(loaded, dict):
-                raise UsageError("--attnpool must be a JSON object, e.g. '{\"epochs\": 10}'")
-            fields = loaded
-    elif value:
-        fields = dict(value)
+    fields = dict(value or {})
     known = set(AttnPoolConfig.__dataclass_fields__)
     for k in fields:
         if k not in known:
@@ -931,45 +911,33 @@ def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None)
     X_cache: dict[str, np.ndarray] = {}
     fitted = 0
     for unit in units:
+        task = tasks_by_name[unit.task]
         if unit.probe == "attnpool":
-            task = tasks_by_name[unit.task]
-            rows = list(_attnpool_unit(unit, fs, task, split, cfg, dev, progress))
-            if preds is not None:
-                data = _token_data(task, split, dev, _unreadable(fs, unit.feature.split("/")[0]))
-                _write_predictions(rows, data, task, fs, preds, unit)
-            for row in rows:
-                row.pop("_scores", None)
-            _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
-            fitted += sum(1 for r in rows if r["status"] in FITTED)
-            _test_fault_hook()
-            continue
-        if unit.feature not in X_cache:
-            X_cache.clear()
-            X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
-        key = (unit.feature, unit.task)
-        if key not in cache:
-            cache.clear()
-            cache[key] = _prepare(
-                X_cache[unit.feature],
-                tasks_by_name[unit.task],
-                split,
-                l2_normalize=cfg.l2_normalize,
-                device=dev,
-            )
-        rows = []
-        for row in run_unit(
-            unit, cache[key], tasks_by_name[unit.task], cfg, batch_limit=batch_limit
-        ):
-            rows.append(row)
-            if progress is not None:
-                progress(1)
+            data = _token_data(task, split, dev, _unreadable(fs, unit.feature.split("/")[0]))
+            rows = list(_attnpool_unit(unit, fs, data, task, cfg, dev, progress))
+        else:
+            if unit.feature not in X_cache:
+                X_cache.clear()
+                X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
+            key = (unit.feature, unit.task)
+            if key not in cache:
+                cache.clear()
+                cache[key] = _prepare(
+                    X_cache[unit.feature], task, split, l2_normalize=cfg.l2_normalize, device=dev
+                )
+            data = cache[key]
+            rows = []
+            for row in run_unit(unit, data, task, cfg, batch_limit=batch_limit):
+                rows.append(row)
+                if progress is not None:
+                    progress(1)
         if preds is not None:  # before the results part, which marks the unit done
-            _write_predictions(rows, cache[key], tasks_by_name[unit.task], fs, preds, unit)
+            _write_predictions(rows, data, task, fs, preds, unit)
         for row in rows:
             row.pop("_scores", None)
         _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
         fitted += sum(1 for r in rows if r["status"] in FITTED)
-        _test_fault_hook()
+        fault_hook_for_tests()
     return fitted
 
 
@@ -998,8 +966,8 @@ def _unreadable(fs: FeatureStore, model: str) -> np.ndarray:
 def _attnpool_unit(
     unit: Unit,
     fs: FeatureStore,
+    data: _Data,
     task: Task,
-    split: Split,
     cfg: SweepConfig,
     device: torch.device,
     progress: Any,
@@ -1011,17 +979,14 @@ def _attnpool_unit(
     model, blocks, _ = unit.feature.split("/")
     tokens = [fs.root[f"{model}/{b}/tokens"] for b in blocks.split("+")]
     config = AttnPoolConfig(**json.loads(cfg.attnpool or "{}"))
-    data = _token_data(task, split, device, _unreadable(fs, model))
     pool_size = len(data.pool)
-    ns = list(dict.fromkeys(pool_size if n == "all" else int(n) for n in cfg.n))
+    ns = _label_counts(cfg, pool_size)
     n_max = min(pool_size, max(ns))
     orders = {s: nested_order(data.y_pool, seed=s, n_max=n_max) for s in unit.seeds}
     base = {"feature": unit.feature, "task": task.name, "sampler": unit.sampler,
             "n_test": len(data.test), "n_classes": task.n_classes, "probe": "attnpool"}  # fmt: skip
     for n in ns:
-        status = (
-            "n_exceeds_pool" if n > pool_size else "n_below_classes" if n < task.n_classes else "ok"
-        )
+        status = _n_status(n, pool_size, task, unit.sampler)
         if status != "ok":
             for seed in unit.seeds:
                 yield {**base, "n": n, "seed": seed, "status": status}
@@ -1050,20 +1015,6 @@ def _attnpool_unit(
             }  # fmt: skip
         if progress is not None:
             progress(len(unit.seeds))
-
-
-def _test_fault_hook() -> None:
-    """For the fault-tolerance tests only: ``FMPROBE_TEST_DIE_ONCE=<marker file>`` makes the
-    first process that finishes a unit (or an embedding chunk) die at once, as kill -9 would,
-    once."""
-    marker = os.environ.get("FMPROBE_TEST_DIE_ONCE")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)
 
 
 SWEEP_META_KEY = b"fmprobe_sweep"
@@ -1174,7 +1125,7 @@ def sweep(
     test_where: str | None = None,
     group_by: str | Sequence[str] | None = None,
     layers: str | Sequence[int] | None = None,
-    attnpool: str | dict[str, Any] | None = None,
+    attnpool: dict[str, Any] | None = None,
     device: str | None = None,
     seeds_per_unit: int = 32,
     save_predictions: bool = False,
