@@ -9,7 +9,8 @@ benchmark figures are computed on the others (held out).
 
     python benchmarks/bench_forecast.py              # held-out LCDB at max-labels 64 and 50,
                                                      # digits sweep curves, 10,000-curve timing
-    python benchmarks/bench_forecast.py --calibrate  # print the constants (dev ids only)
+    python benchmarks/bench_forecast.py --calibrate  # print the constants (dev ids only);
+                                                     # --write puts them into predict.py
     python benchmarks/bench_forecast.py --config configs/forecast-lcdb.yaml
 """
 
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "fmprobe" / "lcdb"
 DEV_IDS = REPO.parent / "shared" / "lcdb_dev_openml_ids.txt"
 BY = ("openmlid", "learner")
+CONST_BEGIN = (
+    "# --- calibration constants (benchmarks/bench_forecast.py --calibrate, LCDB dev ids) "
+    + "-" * 9
+)
+CONST_END = "# " + "-" * 93
+CALIBRATION_KS = (50, 64, 128)
 
 
 def lcdb_curves() -> pd.DataFrame:
@@ -140,55 +146,111 @@ def run_timing(df: pd.DataFrame, curves: int) -> None:
     )
 
 
-def calibrate(df: pd.DataFrame, ks: tuple[int, ...]) -> None:
-    """Learn BETA, KAPPA and the z table of predict.py from the dev curves; print them."""
-    from scipy.optimize import nnls
-
+def _collect(df: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Every (curve, larger anchor) of ``df`` for each fit budget k: the meta features, the
+    bases, the truth and what the benchmark scores (largest anchor >= 1,024)."""
     from fmprobe.forecast import predict
     from fmprobe.forecast.curves import build_curves
     from fmprobe.forecast.families import DEFAULT_FAMILIES
 
-    fams = DEFAULT_FAMILIES
-    vals, ys, yk, ls = [], [], [], []
-    fit_list = []
+    keys = ("x", "g", "vals", "y0", "y", "L", "largest", "group", "k", "pow3")
+    out: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for k in ks:
         cv = build_curves(df, metric="auroc", by=BY, max_labels=k)
         obs = cv.observed
         beyond = obs[(obs["n"] > k) & obs["_curve"].isin(cv.fit_index)]
         pos = {c: i for i, c in enumerate(cv.fit_index)}
         fi = beyond["_curve"].map(pos).to_numpy()
-        fits = predict.fit_curves(cv.data, fams)
+        fits = predict.fit_curves(cv.data, DEFAULT_FAMILIES)
+        x = predict.meta_features(cv.data, fits.params)
+        sub = fits.take(fi)
         n = beyond["n"].to_numpy(dtype=float)[:, None]
-        sub = predict.Fits(
-            families=fits.families,
-            params={f: p[fi] for f, p in fits.params.items()},
-            sse={f: s[fi] for f, s in fits.sse.items()},
-            weights=fits.weights,
-            fit_max_n=fits.fit_max_n[fi],
-            fit_min_n=fits.fit_min_n[fi],
+        vals = sub.family_values(n)[:, :, 0]
+        assert sub.last is not None
+        L = np.log2(n[:, 0] / sub.fit_max_n)
+        g = np.concatenate(
+            [(vals - sub.last).T, np.maximum(L, 0)[:, None] / predict.DRIFT_SCALE], 1
         )
-        fit_list.append((sub, n))
-        vals.append(sub.family_values(n)[:, :, 0])
-        ys.append(beyond["observed"].to_numpy())
-        last = cv.data.y[np.arange(len(cv.fit_index)), (cv.data.w > 0).sum(axis=1) - 1]
-        yk.append(last[fi])
-        ls.append(np.log2(n[:, 0] / sub.fit_max_n))
-        print(f"max-labels {k}: {len(cv.fit_index)} curves, {len(n)} targets", file=sys.stderr)
-    V = np.concatenate(vals, axis=1)
-    y, y_k, L = np.concatenate(ys), np.concatenate(yk), np.concatenate(ls)
-    beta, _ = nnls((V - y_k).T, y - y_k)
-    beta = beta / beta.sum()
-    predict.BETA.update({f: float(round(b, 3)) for f, b in zip(fams, beta, strict=True)})
-    mean = (beta[:, None] * V).sum(axis=0)
-    kappa = float(np.sum((y - mean) * L) / np.sum(L * L))
-    predict.KAPPA = round(kappa, 5)
-    points, spreads = [], []
-    for sub, n in fit_list:
-        point, spread, _ = replace(sub, weights=predict.family_weights(fams)).center(n)
-        points.append(point[:, 0])
-        spreads.append(spread[:, 0])
-    point, spread = np.concatenate(points), np.concatenate(spreads)
-    z = (y - point) / spread
+        largest = (
+            beyond["n"].to_numpy() == beyond.groupby("_curve")["n"].transform("max").to_numpy()
+        )
+        out["x"].append(x[fi])
+        out["g"].append(g)
+        out["vals"].append(vals)
+        out["y0"].append(sub.last)
+        out["y"].append(beyond["observed"].to_numpy())
+        out["L"].append(L)
+        out["largest"].append(largest & (beyond["n"].to_numpy() >= 1024))
+        out["group"].append(cv.keys["openmlid"].to_numpy()[beyond["_curve"].to_numpy()])
+        out["k"].append(np.full(len(fi), k))
+        out["pow3"].append(vals[DEFAULT_FAMILIES.index("pow3")])
+        print(f"max-labels {k}: {len(cv.fit_index)} curves, {len(fi)} targets", file=sys.stderr)
+    return {key: np.concatenate(v, axis=-1 if key == "vals" else 0) for key, v in out.items()}
+
+
+def fit_meta(
+    x: np.ndarray,
+    g: np.ndarray,
+    y0: np.ndarray,
+    y: np.ndarray,
+    largest: np.ndarray,
+    *,
+    bias_penalty: float = 10.0,
+    ridge: float = 1e-4,
+    delta: float = 0.01,
+) -> np.ndarray:
+    """θ of the meta-model: minimise the mean smoothed absolute error ``sqrt(e² + δ²)`` over
+    every target, plus ``bias_penalty``·(mean error at the largest anchors)² and a ridge."""
+    from scipy.optimize import minimize
+
+    J, d = g.shape[1], x.shape[1]
+    wl = largest / max(largest.sum(), 1)
+
+    def loss(th: np.ndarray) -> tuple[float, np.ndarray]:
+        T = th.reshape(J, d)
+        A = x @ T.T
+        e = y0 + (np.logaddexp(0.0, A) * g).sum(axis=1) - y
+        r = np.sqrt(e * e + delta * delta)
+        bias = float(wl @ e)
+        de = e / r / len(y) + 2 * bias_penalty * bias * wl
+        grad = ((de[:, None] * g / (1 + np.exp(-A))).T @ x).ravel() + 2 * ridge * th
+        return float(r.mean() + bias_penalty * bias**2 + ridge * th @ th), grad
+
+    th0 = np.zeros((J, d))
+    th0[:, 0] = -3.0
+    res = minimize(loss, th0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 3000})
+    return np.asarray(res.x.reshape(J, d))
+
+
+def fit_scale(x: np.ndarray, gain: np.ndarray, L: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """ψ of the meta-model's spread: maximum Laplace likelihood of the errors ``err``, i.e.
+    minimise mean(|err|/s + log s) with ``log s = ψ·f`` (convex in ψ)."""
+    from scipy.optimize import minimize
+
+    from fmprobe.forecast.predict import DRIFT_SCALE, META_FLOOR
+
+    f = np.column_stack([x, np.maximum(L, 0.0) / DRIFT_SCALE, np.log(np.abs(gain) + META_FLOOR)])
+    ae = np.abs(err)
+
+    def loss(psi: np.ndarray) -> tuple[float, np.ndarray]:
+        a = f @ psi
+        s = np.exp(a)
+        return float(np.mean(ae / s + a)), f.T @ (1.0 - ae / s) / len(ae)
+
+    res = minimize(loss, np.zeros(f.shape[1]), jac=True, method="L-BFGS-B")
+    return np.asarray(res.x)
+
+
+def _meta_point(theta: np.ndarray, c: dict[str, np.ndarray]) -> np.ndarray:
+    from fmprobe.forecast.predict import meta_weights
+
+    w = meta_weights(c["x"], theta)
+    return np.asarray(np.clip(c["y0"] + (w * c["g"]).sum(axis=1), 0, 1))
+
+
+def _z_table(
+    z: np.ndarray, L: np.ndarray, probs: np.ndarray
+) -> tuple[list[float], list[np.ndarray]]:
     edges = np.array([0, 1, 2, 3, 4, 5, 6, 8, 10, 40])
     centres, table = [], []
     for lo, hi in itertools.pairwise(edges):
@@ -196,17 +258,93 @@ def calibrate(df: pd.DataFrame, ks: tuple[int, ...]) -> None:
         if m.sum() < 50:
             continue
         centres.append(float(np.median(L[m])))
-        table.append(np.quantile(z[m], predict.Z_PROBS))
+        table.append(np.quantile(z[m], probs))
         print(f"L in ({lo}, {hi}]: {m.sum()} targets", file=sys.stderr)
-    print("BETA = {" + ", ".join(f'"{f}": {predict.BETA[f]}' for f in fams) + "}")
-    print(f"KAPPA = {predict.KAPPA}")
-    print(f"Z_CENTRES = np.array({np.round(centres, 3).tolist()})")
-    print("Z_TABLE = np.array(")
-    print("    [")
-    for row in table:
-        print("        " + str(np.round(row, 3).tolist()) + ",")
-    print("    ]")
-    print(")")
+    return centres, table
+
+
+def _array(name: str, rows: list[np.ndarray], decimals: int = 3) -> list[str]:
+    return [
+        f"{name} = np.array(",
+        "    [",
+        *("        " + str(np.round(row, decimals).tolist()) + "," for row in rows),
+        "    ]",
+        ")",
+    ]
+
+
+def calibrate(df: pd.DataFrame, ks: tuple[int, ...], folds: int = 5) -> str:
+    """Learn the constants of predict.py from the dev curves; return them as source: the
+    meta-model (θ by the full dev fit; ψ and the z table from the out-of-fold errors of a
+    cross-validation grouped by data set) and the BETA / KAPPA / Z table of the family average
+    used with --families."""
+    from scipy.optimize import nnls
+
+    from fmprobe.forecast import predict
+    from fmprobe.forecast.families import DEFAULT_FAMILIES
+
+    c = _collect(df, ks)
+    y, y0, L = c["y"], c["y0"], c["L"]
+    groups = np.unique(c["group"])
+    fold_of = dict(
+        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
+    )
+    fold = np.array([fold_of[gr] for gr in c["group"]])
+    oof = np.zeros(len(y))
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        th = fit_meta(c["x"][tr], c["g"][tr], y0[tr], y[tr], c["largest"][tr])
+        oof[te] = _meta_point(th, {key: v[te] for key, v in c.items() if key != "vals"})
+    for k in ks:
+        m = c["largest"] & (c["k"] == k)
+        e, e3 = oof[m] - y[m], c["pow3"][m] - y[m]
+        print(
+            f"dev CV, max-labels {k}, largest anchor: meta MAE {np.abs(e).mean():.4f} "
+            f"(bias {e.mean():+.4f}), pow3 {np.abs(e3).mean():.4f}; all anchors "
+            f"{np.abs(oof - y)[c['k'] == k].mean():.4f}",
+            file=sys.stderr,
+        )
+    psi = fit_scale(c["x"], oof - y0, L, y - oof)
+    z = (y - oof) / predict.meta_spread(c["x"], (oof - y0)[:, None], L[:, None], psi)[:, 0]
+    meta_centres, meta_table = _z_table(z, L, predict.Z_PROBS)
+    theta = fit_meta(c["x"], c["g"], y0, y, c["largest"])
+
+    # the family average used when --families names a subset
+    V = c["vals"]
+    beta, _ = nnls((V - y0).T, y - y0)
+    beta = beta / beta.sum()
+    mean = (beta[:, None] * V).sum(axis=0)
+    kappa = float(np.sum((y - mean) * L) / np.sum(L * L))
+    spread = np.sqrt((beta[:, None] * (V - mean) ** 2).sum(axis=0)) + predict.SPREAD_FLOOR
+    point = np.clip(mean + kappa * np.maximum(L, 0.0), 0.0, 1.0)
+    centres, table = _z_table((y - point) / spread, L, predict.Z_PROBS)
+
+    beta_items = ", ".join(
+        f'"{f}": {round(float(b), 3)}' for f, b in zip(DEFAULT_FAMILIES, beta, strict=True)
+    )
+    lines = [
+        f"BETA: dict[str, float] = {{{beta_items}}}",
+        f"KAPPA = {round(kappa, 5)}",
+        f"SPREAD_FLOOR = {predict.SPREAD_FLOOR}",
+        f"Z_PROBS = np.array({predict.Z_PROBS.tolist()})",
+        f"Z_CENTRES = np.array({np.round(centres, 3).tolist()})",
+        *_array("Z_TABLE", table),
+        *_array("META_THETA", list(theta), 4),
+        f"META_PSI = np.array({np.round(psi, 4).tolist()})",
+        f"META_Z_CENTRES = np.array({np.round(meta_centres, 3).tolist()})",
+        *_array("META_Z_TABLE", meta_table),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_constants(source: str) -> None:
+    """Replace the calibration block of predict.py (between its two marker lines)."""
+    path = REPO / "fmprobe" / "forecast" / "predict.py"
+    text = path.read_text()
+    head, rest = text.split(CONST_BEGIN, 1)
+    _, tail = rest.split(CONST_END, 1)
+    path.write_text(head + CONST_BEGIN + "\n" + source + CONST_END + tail)
+    subprocess.run([sys.executable, "-m", "ruff", "format", str(path)], check=False)
 
 
 def main() -> None:
@@ -218,6 +356,7 @@ def main() -> None:
     p.add_argument("--digits", default=str(REPO / "out" / "demo" / "results.parquet"))
     p.add_argument("--timing-curves", type=int, default=10_000)
     p.add_argument("--calibrate", action="store_true", help="Learn constants on the dev ids.")
+    p.add_argument("--write", action="store_true", help="With --calibrate: into predict.py.")
     p.add_argument("--on", choices=["heldout", "dev"], default="heldout")
     args = p.parse_args()
     if args.config:
@@ -229,7 +368,10 @@ def main() -> None:
     df = lcdb_curves()
     dev, held = split(df, Path(args.dev_ids))
     if args.calibrate:
-        calibrate(dev, (50, 64, 128))
+        source = calibrate(dev, CALIBRATION_KS)
+        print(source, end="")
+        if args.write:
+            write_constants(source)
         return
     data = held if args.on == "heldout" else dev
     which = "held-out" if args.on == "heldout" else "dev"

@@ -255,6 +255,13 @@ def embed(**opts: Any) -> None:
     default=None,
     help="I/N: run only every N-th work unit from I (array jobs); merge with `sweep merge`.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Local worker processes (one thread each); on a CPU, the number of cores is fastest.",
+)
 @device_option
 @click.option(
     "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."

@@ -322,3 +322,57 @@ def test_plots(tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = forecast(curves=_results_table(), max_labels=50)
     paths = plot_forecasts(r, folder=tmp_path / "plots", target="0.9")
     assert len(paths) == 2 and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_meta_forecast_equals_its_formula_and_rises() -> None:
+    """The default forecast is y_K + Σ softplus(x·θ_j)·basis_j(n), written out here from the
+    families' own formulas, and it and its quantiles are non-decreasing in n."""
+    from fmprobe.forecast import predict
+    from fmprobe.forecast.families import DEFAULT_FAMILIES
+
+    df, _ = _simulated_curves(20, seed=4)
+    r = forecast(curves=df, by="curve")
+    fits = r.fits
+    assert fits.meta is not None and fits.features is not None and fits.last is not None
+    n = np.array([16.0, 64.0, 100.0, 1000.0, 1e5])
+    x = fits.features
+    w = np.log1p(np.exp(x @ predict.META_THETA.T))
+    ref = np.tile(fits.last[:, None], (1, len(n)))
+    for j, f in enumerate(DEFAULT_FAMILIES):
+        fam = FAMILIES[f]
+        p = fits.params[f]
+        nn = np.maximum(n[None, :], fam.turn(p)[:, None]) if fam.turn else n[None, :]
+        v = np.clip(np.nan_to_num(fam.evaluate(nn, p[:, None, :])), 0, 1)
+        ref += w[:, j : j + 1] * (v - fits.last[:, None])
+    ref += w[:, -1:] * np.maximum(np.log2(n[None, :] / fits.fit_max_n[:, None]), 0) / 10
+    point = fits.center(np.tile(n, (len(ref), 1)))[0]
+    np.testing.assert_allclose(point, np.clip(ref, 0, 1), atol=1e-12)
+    # slopes and the last mean, from the table of means
+    means = df.groupby(["curve", "n"])["auroc"].mean().unstack()
+    order = r.curves["curve"].to_numpy()[r.fit_index]
+    m = means.loc[order].to_numpy()
+    np.testing.assert_allclose(x[:, 1], m[:, -1])
+    np.testing.assert_allclose(x[:, 2], 10 * (m[:, -1] - m[:, -2]) / np.log2(64 / 45))
+    np.testing.assert_allclose(x[:, 3], 10 * (m[:, -1] - m[:, 0]) / np.log2(64 / 16))
+    sd = df[df["n"] == 64].groupby("curve")["auroc"].std().loc[order].to_numpy()
+    np.testing.assert_allclose(x[:, 6], 10 * sd)
+    dense = np.tile(np.geomspace(2, 1e7, 400), (len(ref), 1))
+    point = fits.center(dense)[0]
+    q = fits.quantiles(dense, np.array([0.05, 0.95]))
+    for v in (point, q[0], q[1]):
+        assert (np.diff(v, axis=1) >= -1e-12).all()
+    assert (q[0] <= point + 1e-12).all() and (point <= q[1] + 1e-12).all()
+
+
+def test_vap3_is_held_at_its_minimum_below_the_turn() -> None:
+    fam = FAMILIES["vap3"]
+    p = np.array([1.0, 0.5, -20.0, -0.5])  # falls until n = β/γ = 40
+    n = np.geomspace(2, 1e5, 300)
+    raw = fam.evaluate(n, p)
+    rising = fam.evaluate_rising(n, p)
+    # the lower envelope: the smallest value at or beyond each n
+    envelope = np.minimum.accumulate(raw[::-1])[::-1]
+    np.testing.assert_allclose(rising[n >= 40], raw[n >= 40])
+    assert (np.diff(rising) >= -1e-15).all()
+    assert rising[0] == pytest.approx(fam.evaluate(np.array(40.0), p), abs=1e-12)
+    np.testing.assert_allclose(rising, envelope, atol=1e-5)  # the grid misses n = 40 by a hair

@@ -309,3 +309,42 @@ def test_backends_solve_the_same_problem() -> None:
             check_backend("cuml")
     with pytest.raises(UsageError, match="did you mean 'torch'"):
         check_backend("troch")
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_cpu_one_by_one_lbfgs_equals_sklearn_and_the_batched_solver(
+    K: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Problems of n·D ≥ 2^16 on a CPU go to the numpy one-by-one L-BFGS: each equals its own
+    sklearn optimum (masked rows left out, a C per problem), a warm start reaches the same
+    optimum, and the batched torch L-BFGS (forced by raising the threshold) agrees."""
+    from fmprobe.probes import logreg
+
+    n, D = 300, 240
+    Xs, ys = zip(*[problem(n, D, K, seed=10 + s) for s in range(3)], strict=True)
+    mean = np.mean(np.concatenate(Xs), 0)
+    X = torch.tensor(np.stack(Xs) - mean)
+    y = torch.tensor(np.stack(ys))
+    keep = np.ones((3, n), bool)
+    keep[1, ::4] = False  # problem 1 leaves a quarter of its rows out
+    Cs = torch.tensor([0.05, 1.0, 20.0], dtype=torch.float64)
+    assert n * D >= logreg.CPU_ONE_BY_ONE
+    kw = dict(n_classes=K, mask=torch.tensor(keep), solver="lbfgs", tol=1e-10, max_iter=5000)
+    ours = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
+    assert bool(ours.converged.all())
+    for b in range(3):
+        Xk, yk = Xs[b][keep[b]] - mean, ys[b][keep[b]]
+        ref = sklearn_reference(Xk, yk, float(Cs[b]))
+        z = ours.decision_function(torch.tensor(Xk))[b].numpy()
+        ref_z = ref.decision_function(Xk)
+        if K == 2:
+            np.testing.assert_allclose(z, ref_z, atol=1e-5 * max(1, np.abs(ref_z).max()))
+        else:  # softmax logits are defined up to a constant per row
+            np.testing.assert_allclose(z - z.mean(1, keepdims=True),
+                                       ref_z - ref_z.mean(1, keepdims=True), atol=2e-4)  # fmt: skip
+    warm = fit_logreg(X, y, Cs, init=ours, **kw)  # type: ignore[arg-type]
+    torch.testing.assert_close(warm.coef, ours.coef, atol=1e-6, rtol=1e-5)
+    assert int(warm.n_iter.sum()) * 5 <= int(ours.n_iter.sum())  # it starts near the optimum
+    monkeypatch.setattr(logreg, "CPU_ONE_BY_ONE", 1 << 40)
+    batched = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
+    torch.testing.assert_close(batched.coef, ours.coef, atol=2e-5, rtol=1e-4)

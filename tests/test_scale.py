@@ -90,6 +90,41 @@ def test_ray_engine_equals_local_and_survives_a_killed_worker(store: Path, tmp_p
     pd.testing.assert_frame_equal(_table(out), _table(tmp_path / "local.parquet"))
 
 
+def test_worker_processes_equal_one_run_and_a_killed_worker_loses_nothing(
+    store: Path, tmp_path: Path
+) -> None:
+    """``workers=2`` (local processes) gives the table of one in-process run; a worker killed
+    like kill -9 after its first unit fails the sweep with one line, and the rerun resumes to
+    the same table."""
+    from fmprobe.errors import FmprobeError
+    from fmprobe.sweep.processes import shutdown_pool
+
+    sweep(store=str(store), out=str(tmp_path / "one.parquet"), **SETTINGS)  # type: ignore[arg-type]
+    r = sweep(store=str(store), out=str(tmp_path / "two.parquet"), workers=2, **SETTINGS)  # type: ignore[arg-type]
+    assert r.probes_fitted > 0
+    pd.testing.assert_frame_equal(
+        _table(tmp_path / "two.parquet"), _table(tmp_path / "one.parquet")
+    )
+
+    out = tmp_path / "killed.parquet"
+    marker = tmp_path / "died"
+    shutdown_pool()  # workers spawned from now on see the fault hook's variable
+    os.environ["FMPROBE_TEST_DIE_ONCE"] = str(marker)
+    try:
+        with pytest.raises(FmprobeError, match="rerun the same command to resume"):
+            sweep(store=str(store), out=str(out), workers=2, **SETTINGS)  # type: ignore[arg-type]
+    finally:
+        os.environ.pop("FMPROBE_TEST_DIE_ONCE")
+        shutdown_pool()
+    assert marker.exists()
+    report = sweep(store=str(store), out=str(out), workers=2, **SETTINGS)  # type: ignore[arg-type]
+    assert 0 < report.units_done_before < report.units_total
+    pd.testing.assert_frame_equal(_table(out), _table(tmp_path / "one.parquet"))
+    with pytest.raises(UsageError, match="--workers 0"):
+        sweep(store=str(store), out=str(out), workers=0, **SETTINGS)  # type: ignore[arg-type]
+    shutdown_pool()
+
+
 # --- embedding ----------------------------------------------------------------------------------
 
 TINY = json.dumps({"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2})

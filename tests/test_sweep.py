@@ -98,6 +98,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "s.zarr"
 
 
+def _near_tie_share(positive: np.ndarray, s: np.ndarray) -> float:
+    """Share of (positive, negative) test pairs whose exact-optimum scores lie within 1e-4 (of
+    the score scale) of each other: pairs that any solver tolerance may order either way (on
+    a 100-row test set one such pair moves the AUROC by ~5e-4)."""
+    eps = 1e-4 * max(1.0, float(np.abs(s).max()))
+    pos, neg = s[positive], s[~positive]
+    return float((np.abs(pos[:, None] - neg[None, :]) <= eps).sum() / (len(pos) * len(neg)))
+
+
 def test_results_equal_sklearn_on_the_same_rows(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.parquet"
     sweep(store=str(store), out=str(out), features="enc_a/*", tasks="finding,tissue",
@@ -123,11 +132,14 @@ def test_results_equal_sklearn_on_the_same_rows(store: Path, tmp_path: Path) -> 
             ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=100_000).fit(X[idx], y[idx])
             if task.n_classes == 2:
                 s = ref.decision_function(X[test])
-                assert abs(row.auroc - roc_auc_score(y[test], s)) <= 1e-4
-                assert abs(row.auprc - average_precision_score(y[test], s)) <= 1e-4
+                slack = _near_tie_share(y[test] == 1, s)
+                assert abs(row.auroc - roc_auc_score(y[test], s)) <= 1e-4 + slack
+                ap_slack = 1 / (y[test] == 1).sum() if slack else 0.0
+                assert abs(row.auprc - average_precision_score(y[test], s)) <= 1e-4 + ap_slack
             else:
                 p = ref.predict_proba(X[test])
-                assert abs(row.auroc - roc_auc_score(y[test], p, multi_class="ovr")) <= 1e-4
+                slack = np.mean([_near_tie_share(y[test] == k, p[:, k]) for k in range(p.shape[1])])
+                assert abs(row.auroc - roc_auc_score(y[test], p, multi_class="ovr")) <= 1e-4 + slack
             # float32 features: a test row sitting on a decision boundary may flip; allow one
             one_flip = 1 / (task.n_classes * np.bincount(y[test]).min())
             assert (

@@ -347,7 +347,7 @@ def forecast_benchmark(
             "raise the curves' largest n or lower --max-labels"
         )
     keep = np.isin(cv.fit_index, use)
-    data = CurveData(n=cv.data.n[keep], y=cv.data.y[keep], w=cv.data.w[keep])
+    data = cv.data.rows(keep)
     fits = fit_curves(data, fams)
     pos = {c: i for i, c in enumerate(use)}
     b = beyond[beyond["_curve"].isin(pos)].copy()

@@ -164,12 +164,12 @@ def build_curves(
 
 
 def _pad(fp: pd.DataFrame, fit_index: np.ndarray) -> CurveData:
-    """Padded (C, P) arrays of n, mean and weight ``k/σ²`` (σ² floored; equal weights when a
-    curve has one seed per n)."""
+    """Padded (C, P) arrays of n, mean, weight ``k/σ²`` (σ² floored; equal weights when a
+    curve has one seed per n) and seed standard deviation (NaN with one seed)."""
     C = len(fit_index)
     if C == 0:
         z = np.zeros((0, 3))
-        return CurveData(n=z, y=z, w=z)
+        return CurveData(n=z, y=z, w=z, sd=z)
     fp = fp.sort_values(["_curve", "n"])
     row = np.searchsorted(fit_index, fp["_curve"].to_numpy())
     pos = fp.groupby("_curve").cumcount().to_numpy()
@@ -198,10 +198,13 @@ def _pad(fp: pd.DataFrame, fit_index: np.ndarray) -> CurveData:
     v = np.maximum(v, floor)
     w = np.where(filled, np.where(no_var, 1.0, kk / v), 0.0)
     w = w / w.max(axis=1, keepdims=True)
+    sd = np.full((C, P), np.nan)
+    sd[row, pos] = np.sqrt(np.where(k > 1, var, np.nan))
     counts = filled.sum(axis=1)
     last = counts - 1
     for j in range(P):
         pad = j > last
         n[pad, j] = n[pad, last[pad]]
         y[pad, j] = y[pad, last[pad]]
-    return CurveData(n=n, y=y, w=w)
+        sd[pad, j] = sd[pad, last[pad]]
+    return CurveData(n=n, y=y, w=w, sd=sd)

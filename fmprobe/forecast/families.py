@@ -93,6 +93,9 @@ class Family:
         Whether each parameter's search grid is spaced logarithmically.
     plateau : {"free", "one", "none"}
         ``free``: c ∈ [best observed mean, 1]; ``one``: c = 1; ``none``: c unbounded.
+    turn : callable, optional
+        ``turn(params)``: the n below which the curve falls as n grows (vap3 with β < 0 falls
+        until ``n = β/γ``); ``evaluate_rising`` holds the curve at its value there.
     """
 
     name: str
@@ -102,6 +105,7 @@ class Family:
     theta_bounds: tuple[tuple[float, float], ...]
     theta_log: tuple[bool, ...]
     plateau: str
+    turn: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def n_params(self) -> int:
@@ -125,6 +129,28 @@ class Family:
             theta = np.zeros((*params.shape[:-1], 1))
         return np.asarray(c - a * self.basis(n, theta))
 
+    def evaluate_rising(self, n: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """``evaluate`` made non-decreasing in n: below a turning point (only vap3 has one) the
+        curve is held at its value there, which is its minimum.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> p = np.array([1.0, 0.5, -20.0, -0.5])  # vap3 falls until n = 40, then rises
+        >>> v = FAMILIES["vap3"].evaluate_rising(np.array([10.0, 40.0, 100.0]), p)
+        >>> bool(v[0] == v[1] < v[2])
+        True
+        """
+        n = np.asarray(n, dtype=float)
+        if self.turn is not None:
+            n = np.maximum(n, self.turn(np.asarray(params, dtype=float)))
+        return self.evaluate(n, params)
+
+
+def _vap_turn(params: np.ndarray) -> np.ndarray:
+    beta, gamma = params[..., 2], params[..., 3]
+    return np.asarray(np.where(beta < 0, beta / np.minimum(gamma, -1e-12), 0.0))
+
 
 def _fam(
     name: str,
@@ -132,6 +158,7 @@ def _fam(
     basis: Basis,
     theta: tuple[tuple[str, float, float, bool], ...],
     plateau: str,
+    turn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Family:
     return Family(
         name=name,
@@ -141,6 +168,7 @@ def _fam(
         theta_bounds=tuple((t[1], t[2]) for t in theta),
         theta_log=tuple(t[3] for t in theta),
         plateau=plateau,
+        turn=turn,
     )
 
 
@@ -158,6 +186,7 @@ FAMILIES: dict[str, Family] = {
             _vap,
             (("b", -30.0, 30.0, False), ("g", -3.0, -0.01, False)),
             "one",
+            _vap_turn,
         ),
         _fam(
             "mmf4",

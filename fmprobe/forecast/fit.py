@@ -38,11 +38,19 @@ class CurveData:
         Mean score at each n.
     w : ndarray, shape (C, P)
         Weight of each mean (``k_n / σ²_n``); 0 marks padding or a left-out point.
+    sd : ndarray, shape (C, P), optional
+        Seed-level standard deviation of the scores at each n (NaN where unknown: one seed).
     """
 
     n: np.ndarray
     y: np.ndarray
     w: np.ndarray
+    sd: np.ndarray | None = None
+
+    def rows(self, keep: np.ndarray) -> CurveData:
+        """The curves selected by ``keep`` (a boolean mask or row indices)."""
+        sd = None if self.sd is None else self.sd[keep]
+        return CurveData(n=self.n[keep], y=self.y[keep], w=self.w[keep], sd=sd)
 
     @property
     def best(self) -> np.ndarray:

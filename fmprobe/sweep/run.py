@@ -26,7 +26,7 @@ import torch
 from fmprobe.errors import UsageError, did_you_mean
 from fmprobe.parallel import fault_hook_for_tests, parse_shard
 from fmprobe.probes.backends import check_backend, fit_logreg_with
-from fmprobe.probes.logreg import batched_mv
+from fmprobe.probes.logreg import batched_mv, kernel_max_n
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 from fmprobe.store import FeatureStore, open_store
@@ -45,7 +45,7 @@ def samplers() -> tuple[str, ...]:
     return (RANDOM_SAMPLER, *(s for s in STRATEGIES if s != RANDOM_SAMPLER))
 
 
-CPU_CACHE_ELEMENTS = 1 << 20  # float32 feature elements per logreg batch on a CPU (4 MB)
+CPU_CACHE_ELEMENTS = 1 << 22  # float32 feature elements per kernel-Newton batch on a CPU (16 MB)
 C_GRID = tuple(float(c) for c in np.logspace(-4, 4, 10))  # sklearn LogisticRegressionCV's Cs=10
 RESULT_COLUMNS = (
     "feature",
@@ -269,6 +269,14 @@ class _Data:
     pool_mean: torch.Tensor  # (D,)
     pool: np.ndarray  # (P,) store rows of the pool
     test: np.ndarray  # (T,) store rows of the test set
+    _centred: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool and test rows minus the pool mean (exact for a probe with an unpenalised
+        intercept, and better conditioned), computed once per feature and task."""
+        if self._centred is None:
+            self._centred = (self.X_pool - self.pool_mean, self.X_test - self.pool_mean)
+        return self._centred
 
 
 def _prepare(
@@ -478,8 +486,7 @@ def run_unit(
         "n_classes": task.n_classes,
     }
     device = data.X_pool.device
-    center = data.pool_mean if unit.probe == "logreg" else torch.zeros_like(data.pool_mean)
-    X_test = data.X_test - center  # centred once, not per batch
+    X_src, X_test = data.centred() if unit.probe == "logreg" else (data.X_pool, data.X_test)
     for n in ns:
         status = _n_status(n, pool_size, task, unit.sampler)
         if status != "ok":
@@ -488,10 +495,12 @@ def run_unit(
                     yield {**base, "probe": name, "n": n, "seed": seed, "status": status}
             continue
         limit = batch_limit
-        if device.type == "cpu" and unit.probe == "logreg":
-            # on a CPU a batch whose rows stay in cache beats a large one (measured, D=768:
-            # n=500 kernel Newton 44 probes/s at B=2 vs 19 at B=32; n=2000 L-BFGS 8.8 at B=1
-            # vs 3.3 at B=8); small n still gets large batches
+        if device.type == "cpu" and unit.probe == "logreg" and n <= kernel_max_n(device):
+            # on a CPU a kernel-Newton batch whose rows stay in cache beats a large one
+            # (measured, D=768: n=500 44 probes/s at B=2 vs 19 at B=32); at n=100 one thread
+            # did ~300 probes/s at a 4 MB limit (13 seeds), ~370 at 16 MB (a 32-seed unit).
+            # (Larger n is solved problem by problem in numpy: the batch only shares the
+            # test-set product.)
             limit = min(limit, CPU_CACHE_ELEMENTS)
         per_problem = n * data.X_pool.shape[1] * (len(C_GRID) * cfg.folds if cfg.C == "auto" else 1)
         step = max(1, limit // max(1, per_problem))
@@ -504,7 +513,7 @@ def run_unit(
                 idx = np.stack([_selected(unit, data, cfg, n=n, seed=s) for s in seeds])
             try:
                 rows = _fit_subsets(unit, data, task, cfg, n=n, seeds=seeds, idx=idx,
-                                    center=center, X_test=X_test, base=base,
+                                    X_src=X_src, X_test=X_test, base=base,
                                     probe_names=probe_names)  # fmt: skip
             except torch.OutOfMemoryError:
                 if len(seeds) == 1:
@@ -547,7 +556,7 @@ def _fit_subsets(
     n: int,
     seeds: tuple[int, ...],
     idx: np.ndarray,
-    center: torch.Tensor,
+    X_src: torch.Tensor,
     X_test: torch.Tensor,
     base: dict[str, Any],
     probe_names: list[str],
@@ -561,7 +570,7 @@ def _fit_subsets(
 
     def fit(sub_seeds: tuple[int, ...], sub_idx: np.ndarray) -> list[dict[str, Any]]:
         return _fit_batch(unit, data, task, cfg, n=n, seeds=sub_seeds, idx=sub_idx,
-                          center=center, X_test=X_test, base=base,
+                          X_src=X_src, X_test=X_test, base=base,
                           probe_names=probe_names)  # fmt: skip
 
     if full.all():
@@ -599,7 +608,7 @@ def _fit_batch(
     n: int,
     seeds: tuple[int, ...],
     idx: np.ndarray,
-    center: torch.Tensor,
+    X_src: torch.Tensor,
     X_test: torch.Tensor,
     base: dict[str, Any],
     probe_names: list[str],
@@ -610,7 +619,7 @@ def _fit_batch(
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     y_np = data.y_pool[idx]
-    Xb = data.X_pool[torch.as_tensor(idx, device=device)] - center
+    Xb = X_src[torch.as_tensor(idx, device=device)]
     # every problem of a batch holds the same classes; a cold-start subset may miss some
     present = np.unique(y_np[0])
     n_fit = len(present) if len(present) < task.n_classes else task.n_classes
@@ -897,48 +906,69 @@ def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None)
     """Run ``units`` in this process, each written as its Parquet part (atomically, after its
     predictions when kept); returns the number of probes fitted. Units are independent, so any
     process may run any of them: the results do not depend on who runs what."""
-    from fmprobe.embed import resolve_device
+    return UnitRunner(job).run(units, progress=progress)
 
-    cfg = job.cfg
-    fs = open_store(job.store)
-    task_objs, table = load_tasks(fs, list(cfg.tasks), labels=cfg.labels)
-    split = make_sweep_split(cfg, fs, task_objs, table)
-    dev = resolve_device(job.device)
-    parts, preds = Path(job.parts), Path(job.predictions) if job.predictions else None
-    batch_limit = _batch_limit(dev)
-    tasks_by_name = {t.name: t for t in task_objs}
-    cache: dict[tuple[str, str], _Data] = {}
-    X_cache: dict[str, np.ndarray] = {}
-    fitted = 0
-    for unit in units:
-        task = tasks_by_name[unit.task]
-        if unit.probe == "attnpool":
-            data = _token_data(task, split, dev, _unreadable(fs, unit.feature.split("/")[0]))
-            rows = list(_attnpool_unit(unit, fs, data, task, cfg, dev, progress))
-        else:
-            if unit.feature not in X_cache:
-                X_cache.clear()
-                X_cache[unit.feature] = fs.read_feature(unit.feature).astype(np.float32)
-            key = (unit.feature, unit.task)
-            if key not in cache:
-                cache.clear()
-                cache[key] = _prepare(
-                    X_cache[unit.feature], task, split, l2_normalize=cfg.l2_normalize, device=dev
-                )
-            data = cache[key]
-            rows = []
-            for row in run_unit(unit, data, task, cfg, batch_limit=batch_limit):
-                rows.append(row)
-                if progress is not None:
-                    progress(1)
-        if preds is not None:  # before the results part, which marks the unit done
-            _write_predictions(rows, data, task, fs, preds, unit)
-        for row in rows:
-            row.pop("_scores", None)
-        _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
-        fitted += sum(1 for r in rows if r["status"] in FITTED)
-        fault_hook_for_tests()
-    return fitted
+
+class UnitRunner:
+    """``execute_units`` with its state kept between calls: the store, tasks and split of a
+    job, and the last feature read (a worker process that runs a job's units a few at a time
+    reads each feature once, not once per call)."""
+
+    def __init__(self, job: SweepJob) -> None:
+        from fmprobe.embed import resolve_device
+
+        self.job = job
+        cfg = job.cfg
+        self.fs = open_store(job.store)
+        task_objs, table = load_tasks(self.fs, list(cfg.tasks), labels=cfg.labels)
+        self.split = make_sweep_split(cfg, self.fs, task_objs, table)
+        self.dev = resolve_device(job.device)
+        self.batch_limit = _batch_limit(self.dev)
+        self.tasks_by_name = {t.name: t for t in task_objs}
+        self.cache: dict[tuple[str, str], _Data] = {}
+        self.X_cache: dict[str, np.ndarray] = {}
+
+    def run(self, units: Sequence[Unit], *, progress: Any = None) -> int:
+        job, cfg, fs, dev = self.job, self.job.cfg, self.fs, self.dev
+        parts, preds = Path(job.parts), Path(job.predictions) if job.predictions else None
+        fitted = 0
+        for unit in units:
+            task = self.tasks_by_name[unit.task]
+            if unit.probe == "attnpool":
+                unreadable = _unreadable(fs, unit.feature.split("/")[0])
+                data = _token_data(task, self.split, dev, unreadable)
+                rows = list(_attnpool_unit(unit, fs, data, task, cfg, dev, progress))
+            else:
+                data = self._data(unit, task)
+                rows = []
+                for row in run_unit(unit, data, task, cfg, batch_limit=self.batch_limit):
+                    rows.append(row)
+                    if progress is not None:
+                        progress(1)
+            if preds is not None:  # before the results part, which marks the unit done
+                _write_predictions(rows, data, task, fs, preds, unit)
+            for row in rows:
+                row.pop("_scores", None)
+            _write_atomic(_frame(rows, cfg), parts / f"{unit.name}.parquet")
+            fitted += sum(1 for r in rows if r["status"] in FITTED)
+            fault_hook_for_tests()
+        return fitted
+
+    def _data(self, unit: Unit, task: Task) -> _Data:
+        if unit.feature not in self.X_cache:
+            self.X_cache.clear()
+            self.X_cache[unit.feature] = self.fs.read_feature(unit.feature).astype(np.float32)
+        key = (unit.feature, unit.task)
+        if key not in self.cache:
+            self.cache.clear()
+            self.cache[key] = _prepare(
+                self.X_cache[unit.feature],
+                task,
+                self.split,
+                l2_normalize=self.job.cfg.l2_normalize,
+                device=self.dev,
+            )
+        return self.cache[key]
 
 
 def _token_data(
@@ -1132,6 +1162,7 @@ def sweep(
     engine: str = "local",
     address: str | None = None,
     shard: str | None = None,
+    workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
 ) -> SweepReport:
@@ -1152,6 +1183,10 @@ def sweep(
             f"--engine {engine!r}{did_you_mean(engine, ENGINES)}: one of {', '.join(ENGINES)}"
         )
     shard_i, shard_n = parse_shard(shard)
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: at least 1 (1 = this process only)")
+    if workers > 1 and engine != "local":
+        raise UsageError(f"--workers {workers} is for --engine local; Ray places its own workers")
     fs = open_store(store)
     probes = tuple(_split_list(probe))
     bad = [p for p in probes if p not in PROBES]
@@ -1277,6 +1312,13 @@ def sweep(
         from fmprobe.sweep.ray_engine import run_on_ray
 
         report.probes_fitted = run_on_ray(job, todo, address=address, progress=bar.update)
+    elif workers > 1:
+        from fmprobe.sweep.processes import run_in_processes
+
+        report.probes_fitted = run_in_processes(
+            job, todo, workers=workers, progress=bar.update,
+            probes_of=lambda u: len(u.seeds) * len(cfg.n) * variants[u.probe],
+        )  # fmt: skip
     else:
         report.probes_fitted = execute_units(job, todo, progress=bar.update)
     bar.close()
