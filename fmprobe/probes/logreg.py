@@ -10,8 +10,12 @@ Two solvers, picked by size:
 - ``newton-kernel`` (binary, small n): the optimum lies in the row span of X (w = Xᵀα), so
   Newton's method runs in n+1 dimensions on the n×n Gram matrix; quadratic convergence to the
   exact optimum in ~10 iterations.
-- ``lbfgs``: batched limited-memory BFGS in the primal, for large n and for multinomial
-  problems; warm-startable.
+- ``lbfgs``: limited-memory BFGS in the primal, for large n and for multinomial problems;
+  warm-startable. Batched in torch on a GPU and for small problems; on a CPU, problems of
+  n·D ≥ ``CPU_ONE_BY_ONE`` are solved one by one in numpy (``_lbfgs_cpu``), the same
+  algorithm without torch's per-operation cost.
+
+The size limits are measured (``KERNEL_MAX_N`` on a GPU, ``CPU_KERNEL_MAX_N`` on a CPU).
 """
 
 from __future__ import annotations
