@@ -345,7 +345,7 @@ def _lbfgs(
     kept (z = XW + b) and the search direction's logits u = X·dW + db are computed once, so a
     trial step t costs z + t·u and no product with X; the gradient Xᵀ·∂loss/∂z at the accepted
     point is the second pass. Passes run batched while every problem is active, then on the
-    pending problems only (views of their rows on a CPU, not gathered copies).
+    pending problems' gathered rows only. (On a CPU, large problems go to ``_lbfgs_cpu``.)
     """
     B, _, D = X.shape
     dtype = torch.float64
@@ -354,10 +354,6 @@ def _lbfgs(
     Xw = X.to(torch.float32) if X.dtype != torch.float64 else X
     invC = (1.0 / C)[:, None]
     target = y.to(dtype)[:, :, None] if n_classes == 2 else F.one_hot(y.long(), n_classes).to(dtype)
-    # one problem's features larger than this (elements): products run problem by problem on
-    # views of its rows (a CPU batched GEMM with one column per problem runs 2-4× slower than
-    # the same products one by one, and gathering the pending problems would copy their rows)
-    per_problem_views = X.device.type == "cpu" and X.shape[1] * D >= 1 << 16
 
     def unpack(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return theta[:, : D * Kc].reshape(len(theta), D, Kc), theta[:, D * Kc :]
@@ -366,13 +362,7 @@ def _lbfgs(
         """X·W + b of the problems ``rows`` (all when None), float64 (b, n, Kc)."""
         W, b = unpack(theta)
         Ws = W.to(Xw.dtype)
-        if per_problem_views:
-            ids = range(len(Xw)) if rows is None else rows.tolist()
-            z = torch.stack([Xw[r] @ Ws[i] for i, r in enumerate(ids)])
-        elif rows is None:
-            z = batched_mv(Xw, Ws)
-        else:
-            z = batched_mv(Xw[rows], Ws)
+        z = batched_mv(Xw if rows is None else Xw[rows], Ws)
         return z.to(dtype) + b[:, None, :]
 
     def loss_grad_z(
@@ -391,13 +381,7 @@ def _lbfgs(
     def gradient(theta: torch.Tensor, dz: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         W, _ = unpack(theta)
         d32 = dz.to(Xw.dtype)
-        if per_problem_views:
-            ids = range(len(Xw)) if rows is None else rows.tolist()
-            gX = torch.stack([Xw[r].T @ d32[i] for i, r in enumerate(ids)])
-        elif rows is None:
-            gX = batched_rmv(Xw, d32)
-        else:
-            gX = batched_rmv(Xw[rows], d32)
+        gX = batched_rmv(Xw if rows is None else Xw[rows], d32)
         ic = invC if rows is None else invC[rows]
         gW = gX.to(dtype) + W * ic[:, :, None]
         return torch.cat([gW.reshape(len(theta), -1), dz.sum(1)], dim=1)
@@ -449,10 +433,9 @@ def _lbfgs(
         f_a = f if rows is None else f[rows]
         slope_a = slope if rows is None else slope[rows]
         noise_a = f_noise if rows is None else f_noise[rows]
-        # the direction's logits (zero intercept in u's product, added below)
-        dW, db = unpack(d_a)
-        u = logits(torch.cat([d_a[:, : D * Kc], torch.zeros_like(db)], dim=1), rows)
-        u = u + db[:, None, :]
+        # the direction's logits u = X·dW + db
+        dW, _ = unpack(d_a)
+        u = logits(d_a, rows)
         W_a, _ = unpack(th_a)
         ww, wd, dd = (W_a * W_a).sum((1, 2)), (W_a * dW).sum((1, 2)), (dW * dW).sum((1, 2))
         Ba = len(th_a)
@@ -641,7 +624,7 @@ def _lbfgs_one(
     g0 = max(float(np.linalg.norm(grad(np.zeros(P), zero_z))), 1e-12)
     theta = np.zeros(P) if theta0 is None else theta0.astype(np.float64)
     z = zero_z.copy() if theta0 is None else logits(theta)
-    W = theta[: D * Kc]
+    W = theta[:DK]
     f = loss_z(z) + 0.5 * invC * float(W @ W)
     g = grad(theta, z)
     f_noise = 0.0 if X.dtype == np.float64 else 1e-6 * max(abs(f), 1.0)
@@ -660,7 +643,7 @@ def _lbfgs_one(
             d = -g / max(float(np.linalg.norm(g)), 1e-300)
             slope = float(g @ d)
         u = logits(d)
-        W, dW = theta[: D * Kc], d[: D * Kc]
+        W, dW = theta[:DK], d[:DK]
         ww, wd, dd = float(W @ W), float(W @ dW), float(dW @ dW)
         t, accepted = 1.0, False
         for _ls in range(30):

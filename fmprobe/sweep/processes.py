@@ -25,10 +25,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from fmprobe.errors import FmprobeError
-from fmprobe.sweep.run import SweepJob, Unit, UnitRunner
+from fmprobe.sweep.run import SweepJob, Unit, UnitRunner, unit_probes
 
 _POOL: tuple[int, ProcessPoolExecutor] | None = None
-_RUNNERS: dict[tuple[str, ...], UnitRunner] = {}
+_RUNNERS: dict[SweepJob, UnitRunner] = {}
 
 
 def _worker_init() -> None:
@@ -41,11 +41,10 @@ def _worker_init() -> None:
 
 
 def _run_units(job: SweepJob, units: list[Unit]) -> int:
-    key = (job.store, job.parts, job.predictions or "", job.device, repr(job.cfg))
-    runner = _RUNNERS.get(key)
-    if runner is None:
+    runner = _RUNNERS.get(job)
+    if runner is None:  # a new job: the previous one's store and feature are let go
         _RUNNERS.clear()
-        runner = _RUNNERS[key] = UnitRunner(job)
+        runner = _RUNNERS[job] = UnitRunner(job)
     return runner.run(units)
 
 
@@ -86,10 +85,9 @@ def run_in_processes(
     *,
     workers: int,
     progress: Callable[[int], Any] | None = None,
-    probes_of: Callable[[Unit], int] | None = None,
 ) -> int:
     """Run ``units`` on ``workers`` local processes; returns the number of probes fitted.
-    ``progress`` is called with ``probes_of(unit)`` as each unit finishes."""
+    ``progress`` is called with each finished unit's number of result rows."""
     if not units:
         return 0
     ex = worker_pool(workers)
@@ -103,8 +101,8 @@ def run_in_processes(
             for f in done:
                 u = pending.pop(f)
                 fitted += f.result()
-                if progress is not None and probes_of is not None:
-                    progress(probes_of(u))
+                if progress is not None:
+                    progress(unit_probes(job.cfg, u))
     except BrokenProcessPool:
         shutdown_pool()
         raise FmprobeError(

@@ -15,7 +15,7 @@ from itertools import groupby
 from typing import Any
 
 from fmprobe.errors import FmprobeError, UsageError
-from fmprobe.sweep.run import SweepJob, Unit, execute_units
+from fmprobe.sweep.run import SweepJob, Unit, execute_units, unit_probes
 
 
 def _groups(units: Sequence[Unit], max_units: int) -> list[list[Unit]]:
@@ -90,12 +90,8 @@ def run_on_ray(
                     "the same command to resume"
                 ) from exc
             if progress is not None:
-                progress(sum(len(u.seeds) * _variants(job, u) * len(job.cfg.n) for u in g))
+                progress(sum(unit_probes(job.cfg, u) for u in g))
         return fitted
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _variants(job: SweepJob, unit: Unit) -> int:
-    return len(job.cfg.knn_k) if unit.probe == "knn" else 1

@@ -902,6 +902,11 @@ class SweepJob:
     device: str
 
 
+def unit_probes(cfg: SweepConfig, unit: Unit) -> int:
+    """The result rows of a unit: its seeds × label counts × probe variants (one per kNN k)."""
+    return len(unit.seeds) * len(cfg.n) * (len(cfg.knn_k) if unit.probe == "knn" else 1)
+
+
 def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None) -> int:
     """Run ``units`` in this process, each written as its Parquet part (atomically, after its
     predictions when kept); returns the number of probes fitted. Units are independent, so any
@@ -1296,8 +1301,7 @@ def sweep(
     report = SweepReport(
         out=str(out_path), rows=0, units_total=len(mine), units_done_before=len(mine) - len(todo)
     )
-    variants = {p: (len(ks) if p == "knn" else 1) for p in probes}
-    total = sum(len(u.seeds) * len(cfg.n) * variants[u.probe] for u in todo)
+    total = sum(unit_probes(cfg, u) for u in todo)
     bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr,
                disable=not progress or total == 0)  # fmt: skip
     job = SweepJob(
@@ -1315,10 +1319,7 @@ def sweep(
     elif workers > 1:
         from fmprobe.sweep.processes import run_in_processes
 
-        report.probes_fitted = run_in_processes(
-            job, todo, workers=workers, progress=bar.update,
-            probes_of=lambda u: len(u.seeds) * len(cfg.n) * variants[u.probe],
-        )  # fmt: skip
+        report.probes_fitted = run_in_processes(job, todo, workers=workers, progress=bar.update)
     else:
         report.probes_fitted = execute_units(job, todo, progress=bar.update)
     bar.close()
