@@ -79,6 +79,73 @@ def _exact_auroc(
     return float(roc_auc_score(y[test], clf.decision_function(Xd[test])))
 
 
+def _best_seconds(fn: object, reps: int = 5) -> float:
+    import torch
+
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def device_rates(device: str) -> dict[str, float]:
+    """Throughputs of one CPU core (one thread) or of the GPU, measured here: float32 and
+    float64 matrix products (FLOP/s), the sort of one row of test scores (s), and the read
+    bandwidth of a matrix-vector product over an n × D float32 block (bytes/s, by n)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    dev = torch.device(device)
+    rates: dict[str, float] = {}
+    with threadpool_limits(1):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for dt, name in ((torch.float32, "gemm32"), (torch.float64, "gemm64")):
+                a = torch.randn(TEST, D, dtype=dt, device=dev)
+                b = torch.randn(D, 256, dtype=dt, device=dev)
+                rates[name] = 2 * TEST * D * 256 / _best_seconds(lambda: a @ b)  # noqa: B023
+            keys = np.random.default_rng(0).integers(0, 1 << 40, size=(64, TEST))
+            if dev.type == "cpu":  # the CPU metrics sort packed int64 keys with numpy
+                rates["sort_row"] = _best_seconds(lambda: np.sort(keys, axis=1)) / 64
+            else:
+                kt = torch.from_numpy(keys).to(dev)
+                rates["sort_row"] = _best_seconds(lambda: torch.sort(kt, dim=1)) / 64
+            for n in (500, 2000, 8000):
+                Xn = torch.randn(n, D, device=dev)
+                v = torch.randn(D, device=dev)
+                if dev.type == "cpu":  # the CPU L-BFGS's products are numpy's
+                    Xa, va = Xn.numpy(), v.numpy()
+                    sec = _best_seconds(lambda: Xa @ va, reps=50)  # noqa: B023
+                else:
+                    sec = _best_seconds(lambda: Xn @ v, reps=50)  # noqa: B023
+                rates[f"bw{n}"] = n * D * 4 / sec
+        finally:
+            torch.set_num_threads(threads)
+    return rates
+
+
+def floor_rate(
+    n: int, iters: float, rates: dict[str, float], units: int, kernel_max_n: int
+) -> float:
+    """Probes/s if every probe cost only its arithmetic and memory traffic at ``rates``
+    (``units`` cores or one GPU): the test-set product (2·T·D FLOPs), the sort of its T
+    scores, and the fit: for the kernel Newton solver the Gram matrix (n²·D FLOPs) and one
+    Cholesky factorisation (n³/3) per iteration, for L-BFGS two reads of the n × D rows per
+    iteration; ``iters`` is the mean iteration count the sweep reported."""
+    t = 2 * TEST * D / rates["gemm32"] + rates["sort_row"]
+    if n <= kernel_max_n:
+        t += n * n * D / rates["gemm32"] + iters * n**3 / 3 / rates["gemm64"]
+    else:
+        bw = rates[min((k for k in rates if k.startswith("bw")), key=lambda k: abs(int(k[2:]) - n))]
+        t += iters * 2 * n * D * 4 / bw
+    return units / t
+
+
 def _max_err(auroc: pd.Series, exact: dict[int, float]) -> float:
     """Largest |AUROC − AUROC at the exact optimum| over the seeds checked."""
     return float(f"{max(abs(auroc[s] - a) for s, a in exact.items()):.1e}")
@@ -95,12 +162,18 @@ def main() -> None:
 
     import torch
 
+    from fmprobe.probes.logreg import kernel_max_n
     from fmprobe.store import import_features
     from fmprobe.sweep import sweep
     from fmprobe.sweep.splits import make_split, nested_order
 
     X, y = make_data()
     cores = os.cpu_count() or 1
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rates = device_rates(dev)
+    units = cores if dev == "cpu" else 1
+    kmax = kernel_max_n(torch.device(dev))
+    print("device rates:", {k: f"{v:.3g}" for k, v in rates.items()})
     workers = args.workers or cores
     t0 = time.perf_counter()
     if workers > 1:
@@ -157,12 +230,16 @@ def main() -> None:
                     fm_seeds = int(fm_rate * args.seconds)
                 out = first
                 res = pd.read_parquet(out).set_index("seed")
+                floor = floor_rate(n, float(res["n_iter"].mean()), rates, units, kmax)
                 exact = {s: _exact_auroc(X, y, sp.train, sp.test, n, s) for s in range(3)}
                 row = {
                     "n": n,
                     "fmprobe_probes_per_s": round(fm_rate, 1),
                     "sklearn_probes_per_s": round(sk_rate, 1),
                     "ratio": round(fm_rate / sk_rate, 2),
+                    "floor_probes_per_s": round(floor, 1),
+                    "share_of_floor": round(fm_rate / floor, 3),
+                    "fmprobe_mean_iters": round(float(res["n_iter"].mean()), 1),
                     "fmprobe_auroc_err": _max_err(res["auroc"], exact),
                     "sklearn_auroc_err": _max_err(pd.Series(sk_auc), exact),
                     "sklearn_seeds": seeds,
@@ -171,7 +248,8 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
     summary = {
-        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "device": dev,
+        "device_rates": rates,
         "cores": cores,
         "fmprobe_workers": workers,
         "D": D,
