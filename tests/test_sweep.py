@@ -273,6 +273,41 @@ def test_nested_order_head_equals_the_full_orderings_prefix() -> None:
             np.testing.assert_array_equal(nested_order(y, seed=seed, n_max=n), full[:n])
 
 
+def test_orderings_kept_for_the_process_equal_fresh_ones(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each seed's nested ordering is computed once per process and task pool and reused by
+    every feature: the kept orderings equal ``nested_order`` computed afresh, and a sweep gives
+    the same table with them kept, rebuilt, or evicted after every few (a tiny cache)."""
+    import fmprobe.sweep.run as run
+
+    args = dict(store=str(store), features="enc_*", tasks="finding", n="10,40", seeds=3,
+                progress=False)  # fmt: skip
+    run._ORDERS.clear()
+    run._ORDERS_SIZE[0] = 0
+    sweep(out=str(tmp_path / "a.parquet"), **args)  # type: ignore[arg-type]
+    kept = dict(run._ORDERS)
+    assert len(kept) == 3  # one per seed, shared by the two features
+    fs = open_store(store)
+    tasks, _ = load_tasks(fs, ["finding"])
+    split = make_split(n_rows=fs.n, stratify=tasks[0].codes, test_frac=0.25, seed=0)
+    for (_, seed, n_max), order in kept.items():
+        np.testing.assert_array_equal(
+            order, nested_order(tasks[0].codes[split.train], seed=seed, n_max=n_max)
+        )
+        assert not order.flags.writeable
+    sweep(out=str(tmp_path / "b.parquet"), **args)  # type: ignore[arg-type]
+    monkeypatch.setattr(run, "ORDERS_CACHE_ELEMENTS", 50)
+    run._ORDERS.clear()
+    run._ORDERS_SIZE[0] = 0
+    sweep(out=str(tmp_path / "c.parquet"), **args)  # type: ignore[arg-type]
+    assert run._ORDERS_SIZE[0] <= 50
+    a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
+    for other in ("b", "c"):
+        b = pd.read_parquet(tmp_path / f"{other}.parquet").drop(columns="fit_seconds")
+        pd.testing.assert_frame_equal(a, b)
+
+
 def test_out_of_memory_halves_the_batch_and_gives_the_same_results(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
