@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli_common import config_option, device_option, friendly, json_option
+from fmprobe.cli.common import config_option, device_option, friendly, json_option
 
 _NAMES = "random, kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl"
 

@@ -38,7 +38,7 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _parse_json_object(
+def parse_json_object(
     value: str | None, name: str, example: str = '{"img_size": 64}'
 ) -> dict[str, Any]:
     if not value:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli_common import config_option, friendly, json_option
+from fmprobe.cli.common import config_option, friendly, json_option
 
 
 @click.command("forecast")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli_common import config_option, friendly
+from fmprobe.cli.common import config_option, friendly
 
 
 @click.command("report")
