@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fmprobe-installed
 DEMO ?= out/demo
 DEMO_MODEL ?= timm:vit_tiny_patch16_224
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 install: $(STAMP)
 
@@ -54,7 +54,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fmprobe tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -65,4 +68,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out build .pytest_cache .mypy_cache .ruff_cache
