@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmprobe.embed import embed, resolve_device
+from fmprobe.devices import resolve_device
+from fmprobe.embed import embed
 from fmprobe.encoders import create_encoder
 
 

@@ -1,25 +1,44 @@
-"""Splitting work across processes: the ``--shard I/N`` parser shared by embed and sweep, and
-the fault-injection hook of the tests that kill workers mid-run."""
+"""What the engines that spread work over processes share: connecting to Ray, and the
+fault-injection hook of the tests that kill workers mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from typing import Any
 
 from fmprobe.errors import UsageError
 
 
-def parse_shard(shard: str | None) -> tuple[int, int]:
-    """``"I/N"`` (0 ≤ I < N) → (I, N); None → (0, 1)."""
-    if shard is None or shard == "":
-        return 0, 1
+@contextlib.contextmanager
+def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Any]:
+    """``ray`` connected to ``address`` (None: a local cluster started here, of ``num_cpus``
+    CPUs), shut down afterwards if it was started here. Yields the ``ray`` module."""
     try:
-        i_s, n_s = str(shard).split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise UsageError(f"--shard {shard!r}: expected I/N, e.g. 0/8 (I from 0 to N-1)") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise UsageError(f"--shard {shard!r}: need 0 <= I < N, e.g. 0/8 … 7/8")
-    return i, n
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--engine ray needs Ray: pip install 'fmprobe[ray]' (or use --engine local)"
+        ) from None
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"--address {address!r}: cannot reach a Ray cluster ({exc})") from None
+        started_here = True
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def fault_hook_for_tests() -> None:

@@ -1,15 +1,16 @@
-"""The Zarr feature store: write (``embed``), resume, read, list, import and export."""
+"""The Zarr feature store: read (``core``), write and resume (``write``: the group layout, the
+``_done`` ledger, chunk writes), import and export (``transfer``)."""
 
 from fmprobe.store.core import (
     ATTR,
     FeatureInfo,
     FeatureStore,
-    create_store,
     open_store,
     read_strings,
     store_exists,
 )
 from fmprobe.store.transfer import export_feature, import_features, read_table, store_info
+from fmprobe.store.write import create_store
 
 __all__ = [
     "ATTR",

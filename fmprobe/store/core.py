@@ -15,7 +15,6 @@ Layout (documented in the README; readable with ``zarr.open_group`` alone)::
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,45 +169,6 @@ def read_strings(array: zarr.Array) -> np.ndarray:
     """A Zarr string array as a fixed-width numpy ``str`` array (via object: numpy's
     variable-width StringDType does not cast to ``str`` directly)."""
     return np.asarray(array[...], dtype=object).astype(str)
-
-
-def _write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
-    group = root.create_group("samples", overwrite=True)
-    columns: dict[str, str] = {}
-    n = len(table)
-    chunk = max(1, min(n, 65536))
-    for name in table.columns:
-        col = table[name]
-        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
-            values = col.to_numpy()
-            if values.dtype == object:
-                values = values.astype(np.float64)
-        else:
-            values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
-        dtype: Any = str if values.dtype.kind == "U" else values.dtype
-        arr = group.create_array(str(name), shape=(n,), chunks=(chunk,), dtype=dtype)
-        arr[:] = values
-        columns[str(name)] = str(col.dtype)
-    group.attrs[ATTR] = {"columns": columns}
-
-
-def create_store(
-    path: str | Path, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool = False
-) -> FeatureStore:
-    """Create a store for a dataset (``table``: ``id`` first, then labels and metadata)."""
-    from fmprobe import __version__
-
-    path = str(path)
-    if overwrite and Path(path).exists():
-        shutil.rmtree(path)
-    root = zarr.open_group(path, mode="w-", zarr_format=3)
-    _write_samples(root, table)
-    root.attrs[ATTR] = {
-        "format_version": FORMAT_VERSION,
-        "created_by": f"fmprobe {__version__}",
-        "dataset": dataset,
-    }
-    return FeatureStore(root, path)
 
 
 def open_store(path: str | Path, *, mode: str = "r") -> FeatureStore:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from fmprobe.errors import StoreError, UsageError
-from fmprobe.store.core import ATTR, FeatureStore, create_store, open_store, store_exists
+from fmprobe.store.core import ATTR, FeatureStore, open_store, store_exists
+from fmprobe.store.write import create_store
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
 

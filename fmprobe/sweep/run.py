@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fmprobe.devices import resolve_device
 from fmprobe.errors import UsageError, did_you_mean
-from fmprobe.parallel import fault_hook_for_tests, parse_shard
+from fmprobe.options import parse_shard
+from fmprobe.parallel import fault_hook_for_tests
 from fmprobe.probes.backends import check_backend, fit_logreg_with
 from fmprobe.probes.logreg import batched_mv, kernel_max_n
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
@@ -970,8 +972,6 @@ class UnitRunner:
     reads each feature once, not once per call)."""
 
     def __init__(self, job: SweepJob) -> None:
-        from fmprobe.embed import resolve_device
-
         self.job = job
         cfg = job.cfg
         self.fs = open_store(job.store)
@@ -1229,8 +1229,6 @@ def sweep(
     ...       n="10,20,50,100,all", seeds=5)  # doctest: +SKIP
     """
     from tqdm import tqdm
-
-    from fmprobe.embed import resolve_device
 
     t_start = time.perf_counter()
     if engine not in ENGINES:

@@ -1,0 +1,206 @@
+"""The write side of the feature store: creating it for a dataset, a model's group (its layout
+and its ``_done`` ledger), and the chunk writes that embed makes.
+
+A chunk's feature rows are written first and its ledger entry last (Zarr writes each chunk
+file atomically), so a reader that trusts the ledger never sees half a chunk, and a killed
+writer loses only the chunks in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from fmprobe.errors import StoreError
+from fmprobe.parallel import fault_hook_for_tests
+from fmprobe.store.core import ATTR, FORMAT_VERSION, FeatureStore, open_store, store_exists
+
+
+def write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
+    """``samples/<column>`` arrays from ``table`` (``id`` first), their dtypes recorded."""
+    group = root.create_group("samples", overwrite=True)
+    columns: dict[str, str] = {}
+    n = len(table)
+    chunk = max(1, min(n, 65536))
+    for name in table.columns:
+        col = table[name]
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            values = col.to_numpy()
+            if values.dtype == object:
+                values = values.astype(np.float64)
+        else:
+            values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
+        dtype: Any = str if values.dtype.kind == "U" else values.dtype
+        arr = group.create_array(str(name), shape=(n,), chunks=(chunk,), dtype=dtype)
+        arr[:] = values
+        columns[str(name)] = str(col.dtype)
+    group.attrs[ATTR] = {"columns": columns}
+
+
+def create_store(
+    path: str | Path, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool = False
+) -> FeatureStore:
+    """Create a store for a dataset (``table``: ``id`` first, then labels and metadata)."""
+    from fmprobe import __version__
+
+    path = str(path)
+    if overwrite and Path(path).exists():
+        shutil.rmtree(path)
+    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    write_samples(root, table)
+    root.attrs[ATTR] = {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"fmprobe {__version__}",
+        "dataset": dataset,
+    }
+    return FeatureStore(root, path)
+
+
+def open_or_create_store(
+    path: str, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool
+) -> FeatureStore:
+    """The store of a dataset at ``path``: created when missing, opened when it was made from
+    the same data (``dataset["fingerprint"]``), refused (or, with ``overwrite``, rebuilt) when
+    the data changed."""
+    if not store_exists(path):
+        if os.path.exists(path) and os.listdir(path):
+            raise StoreError(f"--store {path!r} exists and is not a feature store; pick a new path")
+        return create_store(path, table=table, dataset=dataset)
+    fs = open_store(path, mode="a")
+    fingerprint = dataset["fingerprint"]
+    if fs.fingerprint != fingerprint:
+        if not overwrite:
+            raise StoreError(
+                f"the dataset {dataset.get('spec')!r} changed since {path!r} was made "
+                f"(fingerprint {fingerprint[:12]} vs {fs.fingerprint[:12]}); use a new --store, "
+                "or pass --overwrite to rebuild this one from scratch"
+            )
+        return create_store(path, table=table, dataset=dataset, overwrite=True)
+    return fs
+
+
+@contextlib.contextmanager
+def creation_lock(store: str) -> Iterator[None]:
+    """An exclusive lock file beside the store (POSIX ``flock``) while it and a model group
+    are created or checked: concurrent shards must not both create them. The kernel releases
+    the lock when its process dies, so a killed writer never leaves it stuck."""
+    import fcntl
+
+    path = os.path.abspath(store.rstrip("/")) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """The arrays of one model's group: per layer, its token count and width.
+
+    Attributes
+    ----------
+    layers : tuple of int
+        Resolved block indices.
+    widths : tuple of int
+        Feature width D of each layer.
+    tokens_per_layer : tuple of int
+        Patch positions P of each layer (the ``tokens`` arrays are (N, P, D)).
+    pools : tuple of str
+        Pools stored per layer (``cls``, ``mean``, ``attn``).
+    tokens : bool
+        Whether the patch tokens are stored.
+    dtype : str
+        Storage dtype of the pooled features.
+    chunk_rows : int
+        Rows per chunk: the unit of resume.
+    embedding_width : int or None
+        Width of the model's published embedding (``<model>/embedding``), None for none.
+    """
+
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    tokens_per_layer: tuple[int, ...]
+    pools: tuple[str, ...]
+    tokens: bool
+    dtype: str
+    chunk_rows: int
+    embedding_width: int | None = None
+
+
+def create_model_group(
+    fs: FeatureStore, key: str, *, layout: GroupLayout, meta: dict[str, Any]
+) -> zarr.Group:
+    """Create (or replace) the group ``key``: the ledger, the error column, every feature
+    array of ``layout`` (NaN-filled), and ``meta`` as the group's metadata."""
+    n, rows = fs.n, layout.chunk_rows
+    group = fs.root.create_group(key, overwrite=True)
+    n_chunks = -(-n // rows)
+    group.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
+    group.create_array("_error", shape=(n,), chunks=(rows,), dtype=str)
+
+    def feature(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
+                **attrs: Any) -> None:  # fmt: skip
+        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan)
+        arr.attrs[ATTR] = {"kind": "feature", "model": key, **attrs}
+
+    for layer, d, p in zip(layout.layers, layout.widths, layout.tokens_per_layer, strict=True):
+        for pool in layout.pools:
+            feature(f"block{layer}/{pool}", (n, d), (rows, d), layout.dtype, layer=layer, pool=pool)
+        if layout.tokens:
+            feature(f"block{layer}/tokens", (n, p, d), (min(rows, 64), p, d), "float16",
+                    layer=layer, pool="tokens")  # fmt: skip
+    if layout.embedding_width is not None:
+        w = layout.embedding_width
+        feature("embedding", (n, w), (rows, w), layout.dtype, layer=None, pool="embedding")
+    group.attrs[ATTR] = {"kind": "model", **meta}
+    return group
+
+
+@dataclass
+class ChunkBuffer:
+    """One chunk's rows as they are embedded, until the chunk is complete and written."""
+
+    start: int
+    size: int
+    pooled: dict[str, np.ndarray]  # array path → (size, D) float32
+    tokens: dict[str, np.ndarray]  # array path → (size, P, D) float16
+    errors: np.ndarray = field(init=False)
+    filled: int = 0
+
+    def __post_init__(self) -> None:
+        self.errors = np.full(self.size, "", dtype=object)
+
+    @classmethod
+    def empty(cls, shapes: dict[str, tuple[int, ...]], *, start: int, size: int) -> ChunkBuffer:
+        """NaN-filled buffers for arrays of row shapes ``shapes`` (path → (D,) or (P, D))."""
+        pooled, tokens = {}, {}
+        for p, shape in shapes.items():
+            if len(shape) == 1:
+                pooled[p] = np.full((size, *shape), np.nan, np.float32)
+            else:
+                tokens[p] = np.full((size, *shape), np.nan, np.float16)
+        return cls(start=start, size=size, pooled=pooled, tokens=tokens)
+
+
+def write_chunk(group: zarr.Group, chunk: int, buf: ChunkBuffer) -> None:
+    """Write a complete chunk's rows, then mark it done in the ledger (last, so that a chunk
+    counts as done only once its data is on disk)."""
+    stop = buf.start + buf.size
+    for path, values in {**buf.pooled, **buf.tokens}.items():
+        arr = group[path]
+        arr[buf.start : stop] = values.astype(arr.dtype)
+    group["_error"][buf.start : stop] = np.asarray(buf.errors, dtype=str)
+    group["_done"][chunk] = True
+    fault_hook_for_tests()
