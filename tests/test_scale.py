@@ -15,8 +15,7 @@ import pytest
 
 from fmprobe.errors import UsageError
 from fmprobe.store import import_features, open_store
-from fmprobe.sweep import sweep
-from fmprobe.sweep.run import merge
+from fmprobe.sweep import merge, sweep
 
 
 @pytest.fixture(scope="module")

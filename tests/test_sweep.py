@@ -19,10 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
 from fmprobe.errors import UsageError
+from fmprobe.probes.folds import fold_masks
 from fmprobe.store import import_features, open_store
-from fmprobe.sweep import sweep
-from fmprobe.sweep.run import ConvergenceWarning
-from fmprobe.sweep.splits import fold_masks, make_split, nested_order
+from fmprobe.sweep import ConvergenceWarning, sweep
+from fmprobe.sweep.splits import make_split, nested_order
 from fmprobe.sweep.tasks import load_tasks
 
 # --- splits and subsets ---------------------------------------------------------------------
@@ -279,29 +279,24 @@ def test_orderings_kept_for_the_process_equal_fresh_ones(
     """Each seed's nested ordering is computed once per process and task pool and reused by
     every feature: the kept orderings equal ``nested_order`` computed afresh, and a sweep gives
     the same table with them kept, rebuilt, or evicted after every few (a tiny cache)."""
-    import fmprobe.sweep.run as run
+    from fmprobe.sweep import subsets
 
+    labels = np.random.default_rng(0).integers(0, 3, size=500)
+    subsets.clear_caches()
+    first = subsets.nested_orders(labels, [0, 1, 2], 200)
+    again = subsets.nested_orders(labels, [0, 1, 2], 200)
+    for seed in (0, 1, 2):
+        assert again[seed] is first[seed]  # kept, not recomputed
+        np.testing.assert_array_equal(first[seed], nested_order(labels, seed=seed, n_max=200))
+        assert not first[seed].flags.writeable
     args = dict(store=str(store), features="enc_*", tasks="finding", n="10,40", seeds=3,
                 progress=False)  # fmt: skip
-    run._ORDERS.clear()
-    run._ORDERS_SIZE[0] = 0
+    subsets.clear_caches()
     sweep(out=str(tmp_path / "a.parquet"), **args)  # type: ignore[arg-type]
-    kept = dict(run._ORDERS)
-    assert len(kept) == 3  # one per seed, shared by the two features
-    fs = open_store(store)
-    tasks, _ = load_tasks(fs, ["finding"])
-    split = make_split(n_rows=fs.n, stratify=tasks[0].codes, test_frac=0.25, seed=0)
-    for (_, seed, n_max), order in kept.items():
-        np.testing.assert_array_equal(
-            order, nested_order(tasks[0].codes[split.train], seed=seed, n_max=n_max)
-        )
-        assert not order.flags.writeable
     sweep(out=str(tmp_path / "b.parquet"), **args)  # type: ignore[arg-type]
-    monkeypatch.setattr(run, "ORDERS_CACHE_ELEMENTS", 50)
-    run._ORDERS.clear()
-    run._ORDERS_SIZE[0] = 0
+    monkeypatch.setattr(subsets, "ORDERS_CACHE_ELEMENTS", 50)
+    subsets.clear_caches()
     sweep(out=str(tmp_path / "c.parquet"), **args)  # type: ignore[arg-type]
-    assert run._ORDERS_SIZE[0] <= 50
     a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
     for other in ("b", "c"):
         b = pd.read_parquet(tmp_path / f"{other}.parquet").drop(columns="fit_seconds")
@@ -311,7 +306,7 @@ def test_orderings_kept_for_the_process_equal_fresh_ones(
 def test_out_of_memory_halves_the_batch_and_gives_the_same_results(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fmprobe.sweep.run as run
+    from fmprobe.sweep import units
 
     args = dict(
         store=str(store),
@@ -322,16 +317,16 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(
         progress=False,
     )
     sweep(out=str(tmp_path / "a.parquet"), **args)  # type: ignore[arg-type]
-    real = run._scores
+    real = units.fit_score_batch
     sizes: list[int] = []
 
-    def small_device(probe: str, Xb: torch.Tensor, *a: object, **k: object) -> object:
+    def small_device(Xb: torch.Tensor, *a: object, **k: object) -> object:
         sizes.append(Xb.shape[0])
         if Xb.shape[0] > 2:
             raise torch.OutOfMemoryError("simulated: batch too large for the device")
-        return real(probe, Xb, *a, **k)  # type: ignore[arg-type]
+        return real(Xb, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(run, "_scores", small_device)
+    monkeypatch.setattr(units, "fit_score_batch", small_device)
     sweep(out=str(tmp_path / "b.parquet"), **args)  # type: ignore[arg-type]
     assert max(sizes) == 8 and sizes[-1] <= 2
     a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")

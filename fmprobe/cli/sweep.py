@@ -181,7 +181,7 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:
-        click.echo(json.dumps({**report.__dict__, "probes_per_second": report.probes_per_second}))
+        click.echo(json.dumps(report.to_dict()))
 
 
 @sweep.command("merge")
@@ -195,7 +195,7 @@ def sweep_merge(parts: tuple[str, ...], out: str) -> None:
     Example:
       fmprobe sweep merge results.shard-*-of-8.parquet --out results.parquet
     """
-    from fmprobe.sweep.run import merge
+    from fmprobe.sweep import merge
 
     df = merge(parts=list(parts), out=out)
     click.echo(f"sweep merge: {len(df)} rows from {len(parts)} tables in {out}", err=True)

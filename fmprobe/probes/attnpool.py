@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from fmprobe.errors import UsageError
-from fmprobe.sweep.splits import fold_masks
+from fmprobe.probes.folds import fold_masks
 
 SELECTIONS = ("refit", "best", "last")
 SCHEDULES = ("cosine", "constant")

@@ -25,7 +25,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from fmprobe.errors import FmprobeError
-from fmprobe.sweep.run import SweepJob, Unit, UnitRunner, unit_probes
+from fmprobe.sweep.plan import Unit, unit_probes
+from fmprobe.sweep.units import SweepJob, UnitRunner
 
 _POOL: tuple[int, ProcessPoolExecutor] | None = None
 _RUNNERS: dict[SweepJob, UnitRunner] = {}

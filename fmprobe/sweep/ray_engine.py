@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
-from fmprobe.errors import FmprobeError, UsageError
-from fmprobe.sweep.run import SweepJob, Unit, execute_units, unit_probes
+from fmprobe.errors import FmprobeError
+from fmprobe.parallel import ray_session
+from fmprobe.sweep.plan import Unit, unit_probes
+from fmprobe.sweep.units import SweepJob, execute_units
 
 
 def _groups(units: Sequence[Unit], max_units: int) -> list[list[Unit]]:
@@ -41,28 +43,9 @@ def run_on_ray(
 ) -> int:
     """Run ``units`` on a Ray cluster (``address``: an existing cluster, e.g. ``ray://host:10001``
     or ``auto``; None starts a local one). Returns the number of probes fitted."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            "--engine ray needs Ray: pip install 'fmprobe[ray]' (or use --engine local)"
-        ) from None
     if not units:
         return 0
-    started_here = False
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=address,
-                num_cpus=num_cpus if address is None else None,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UsageError(f"--address {address!r}: cannot reach a Ray cluster ({exc})") from None
-        started_here = True
-    try:
+    with ray_session(address, num_cpus=num_cpus) as ray:
         gpus = ray.cluster_resources().get("GPU", 0)
         device = job.device
         if gpus:
@@ -92,6 +75,3 @@ def run_on_ray(
             if progress is not None:
                 progress(sum(unit_probes(job.cfg, u) for u in g))
         return fitted
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from fmprobe.errors import UsageError
+from fmprobe.errors import UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -135,15 +136,66 @@ def nested_order(labels: np.ndarray, *, seed: int, n_max: int | None = None) -> 
     return rows[np.lexsort((tiebreak[rows], keys))][:head]
 
 
-def fold_masks(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:
-    """(k, n) boolean masks of stratified validation folds (True = held out): each class's
-    rows are dealt round-robin over the folds, from a random fold onwards."""
-    rng = np.random.default_rng(seed)
-    codes = _codes(labels)
-    fold = np.empty(len(codes), np.int64)
-    start = 0
-    for c in np.unique(codes):
-        members = np.flatnonzero(codes == c)
-        fold[members[rng.permutation(len(members))]] = (np.arange(len(members)) + start) % k
-        start = (start + len(members)) % k  # the next class starts where this one stopped
-    return np.stack([fold == i for i in range(k)])
+def parse_test_where(value: str | None, table: pd.DataFrame) -> tuple[str, str] | None:
+    """``COL=VALUE`` → (COL, VALUE), the column and value checked against ``table``."""
+    if not value:
+        return None
+    col, sep, val = str(value).partition("=")
+    if not sep or not col:
+        raise UsageError(f"--test-where {value!r}: expected COL=VALUE, e.g. scanner=siemens")
+    if col not in table.columns:
+        raise UsageError(
+            f"--test-where: column {col!r} is not in the store or --labels"
+            f"{did_you_mean(col, table.columns)}"
+        )
+    values = table[col].astype(str)
+    if not (values == val).any():
+        shown = ", ".join(sorted(values.unique())[:10])
+        raise UsageError(f"--test-where {value!r}: no row has {col} = {val!r} (values: {shown})")
+    if (values == val).all():
+        raise UsageError(f"--test-where {value!r}: every row matches; nothing is left to train on")
+    return col, val
+
+
+def sweep_split(
+    table: pd.DataFrame,
+    *,
+    stratify: np.ndarray | None,
+    split_col: str | None = None,
+    test_frac: float = 0.25,
+    group_col: str | None = None,
+    split_seed: int = 0,
+    test_where: str | None = None,
+) -> Split:
+    """The one test split of a sweep (and of ``fmprobe finetune`` on the same data): the rows
+    matching ``--test-where COL=VALUE`` (out-of-domain), a ``--split-col`` of train/test, or a
+    stratified ``--test-frac`` drawn with ``--split-seed``, whole ``--group-col`` groups at a
+    time.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per sample, in store order (the store's samples joined with ``--labels``).
+    stratify : ndarray or None
+        (N,) class codes of the first task (−1 = missing).
+    """
+    where = parse_test_where(test_where, table)
+    if where is not None:
+        col, val = where
+        is_test = (table[col].astype(str) == val).to_numpy()
+        return Split(
+            train=np.flatnonzero(~is_test),
+            test=np.flatnonzero(is_test),
+            method=f"where:{col}={val}",
+            seed=split_seed,
+        )
+    return make_split(
+        n_rows=len(table),
+        stratify=stratify,
+        split_values=table[split_col].to_numpy() if split_col else None,
+        split_col=split_col,
+        groups=table[group_col].to_numpy() if group_col else None,
+        group_col=group_col,
+        test_frac=test_frac,
+        seed=split_seed,
+    )

@@ -1,0 +1,284 @@
+"""``sweep()``: options checked into a ``SweepConfig``, the resume ledger (``<out>.parts/``)
+opened, the pending units run by the chosen engine, and the results table written."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fmprobe.devices import resolve_device
+from fmprobe.errors import UsageError, did_you_mean
+from fmprobe.options import parse_shard, split_list
+from fmprobe.store import FeatureStore, open_store
+from fmprobe.sweep.config import (
+    PROBES,
+    SweepConfig,
+    build_config,
+    check_columns,
+    parse_C,
+    parse_choices,
+    parse_knn_k,
+    parse_ns,
+    samplers,
+)
+from fmprobe.sweep.plan import Unit, plan_units, unit_probes
+from fmprobe.sweep.results import shard_path, unit_frame, write_part, write_results
+from fmprobe.sweep.splits import sweep_split
+from fmprobe.sweep.tasks import load_tasks
+from fmprobe.sweep.units import SweepJob, execute_units
+
+ENGINES = ("local", "ray")
+
+
+class ConvergenceWarning(UserWarning):
+    """Some probes stopped at ``max_iter`` before reaching the tolerance."""
+
+
+@dataclass
+class SweepReport:
+    """What one ``sweep`` call did.
+
+    Attributes
+    ----------
+    out : str
+        The results table written (a shard's own table under ``--shard``).
+    rows : int
+        Rows of that table.
+    units_total, units_done_before : int
+        Work units of this run (this shard's); those already on disk before the call.
+    probes_fitted : int
+        Probes fitted by this call.
+    seconds : float
+        Time of the units' loop (the whole call when nothing was left to do).
+    not_converged : int
+        Probes that stopped at ``max_iter``.
+    warnings : list of str
+        Aggregated warnings (also issued as ``ConvergenceWarning``).
+    subgroups : str or None
+        The subgroup table written for ``--group-by``.
+    """
+
+    out: str
+    rows: int
+    units_total: int
+    units_done_before: int
+    probes_fitted: int = 0
+    seconds: float = 0.0
+    not_converged: int = 0
+    warnings: list[str] = field(default_factory=list)
+    subgroups: str | None = None
+
+    @property
+    def probes_per_second(self) -> float:
+        return self.probes_fitted / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "probes_per_second": self.probes_per_second}
+
+
+def _check_engine(engine: str, workers: int) -> None:
+    if engine not in ENGINES:
+        raise UsageError(
+            f"--engine {engine!r}{did_you_mean(engine, ENGINES)}: one of {', '.join(ENGINES)}"
+        )
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: at least 1 (1 = this process only)")
+    if workers > 1 and engine != "local":
+        raise UsageError(f"--workers {workers} is for --engine local; Ray places its own workers")
+
+
+def _open_ledger(out_path: Path, cfg: SweepConfig, *, overwrite: bool) -> Path:
+    """``<out>.parts/``, the resume ledger: one part per finished unit, and the configuration
+    they were computed with (a sweep with other settings is refused, or discarded)."""
+    parts = out_path.with_name(out_path.name + ".parts")
+    meta_path = parts / "config.json"
+    if parts.exists() and meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("digest") != cfg.digest():
+            if not overwrite:
+                raise UsageError(
+                    f"{out_path} holds results of a sweep with other settings; pass a new --out, "
+                    "or --overwrite to start again"
+                )
+            for p in parts.glob("*.parquet"):
+                p.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(
+        json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}, indent=2, default=str)
+    )
+    return parts
+
+
+def _run_engine(
+    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int,
+    progress: Any,
+) -> int:  # fmt: skip
+    if engine == "ray":
+        from fmprobe.sweep.ray_engine import run_on_ray
+
+        return run_on_ray(job, todo, address=address, progress=progress)
+    if workers > 1:
+        from fmprobe.sweep.processes import run_in_processes
+
+        return run_in_processes(job, todo, workers=workers, progress=progress)
+    return execute_units(job, todo, progress=progress)
+
+
+def _convergence(result: pd.DataFrame, report: SweepReport, cfg: SweepConfig) -> None:
+    bad = result[(result["status"] == "ok") & (result["converged"] == False)]  # noqa: E712
+    report.not_converged = len(bad)
+    if len(bad):
+        msg = (
+            f"{len(bad)} of {int((result['status'] == 'ok').sum())} probes stopped at "
+            f"max_iter={cfg.max_iter} before tol={cfg.tol}; raise --max-iter or lower --C "
+            "(the `converged` column marks them)"
+        )
+        report.warnings.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+
+
+def _subgroups(out_path: Path, group_cols: list[str], *, store: str, labels: str | None) -> str:
+    from fmprobe.stats.subgroups import subgroup_metrics
+
+    sub = subgroup_metrics(results=out_path, group_by=group_cols, store=store, labels=labels)
+    sub_path = out_path.with_name(f"{out_path.stem}.subgroups{out_path.suffix}")
+    write_part(sub.table, sub_path)
+    return str(sub_path)
+
+
+def _config(
+    fs: FeatureStore, *, tasks: str | Sequence[str], labels: str | None,
+    group_by: str | Sequence[str] | None, **opts: Any,
+) -> tuple[SweepConfig, list[str]]:  # fmt: skip
+    """The checked configuration and the ``--group-by`` columns."""
+    probes = parse_choices(opts.pop("probe"), option="--probe", valid=PROBES, noun="probes")
+    samplers_ = parse_choices(
+        opts.pop("sampler"), option="--sampler", valid=samplers(), noun="samplers"
+    )
+    if opts["seeds"] < 1:
+        raise UsageError(f"--seeds {opts['seeds']}: at least 1")
+    task_objs, table = load_tasks(fs, split_list(tasks) or ["label"], labels=labels)
+    group_cols = split_list(group_by)
+    check_columns(table, [opts["split_col"], opts["group_col"], *group_cols])
+    if opts["test_where"] and opts["split_col"]:
+        raise UsageError("--test-where and --split-col both define the test set; pass one")
+    cfg = build_config(
+        fs, task_objs, features=opts.pop("features"), probes=probes, samplers_=samplers_,
+        layers=opts.pop("layers"), attnpool=opts.pop("attnpool"), labels=labels,
+        **{**opts, "n": parse_ns(opts["n"]), "C": parse_C(opts["C"]),
+           "knn_k": parse_knn_k(opts["knn_k"], needed="knn" in probes),
+           "test_where": opts["test_where"] or None},
+    )  # fmt: skip
+    # bad split settings fail here, not in the workers
+    sweep_split(table, stratify=task_objs[0].codes, split_col=cfg.split_col,
+                test_frac=cfg.test_frac, group_col=cfg.group_col, split_seed=cfg.split_seed,
+                test_where=cfg.test_where)  # fmt: skip
+    return cfg, group_cols
+
+
+def sweep(
+    *,
+    store: str,
+    out: str,
+    features: str | Sequence[str] = "*",
+    tasks: str | Sequence[str] = "label",
+    probe: str | Sequence[str] = "logreg",
+    sampler: str | Sequence[str] = "random",
+    n: str | Sequence[int | str] = "10,20,50,100,all",
+    seeds: int = 5,
+    C: float | str = 1.0,
+    folds: int = 5,
+    knn_k: str | Sequence[int] = "1,5,20",
+    split_col: str | None = None,
+    test_frac: float = 0.25,
+    group_col: str | None = None,
+    split_seed: int = 0,
+    labels: str | None = None,
+    standardize: bool = False,
+    l2_normalize: bool = False,
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    backend: str = "torch",
+    test_where: str | None = None,
+    group_by: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
+    attnpool: dict[str, Any] | None = None,
+    device: str | None = None,
+    seeds_per_unit: int = 32,
+    save_predictions: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    shard: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SweepReport:
+    """Run probes over features × tasks × samplers × label counts × seeds into a Parquet table.
+
+    The options are those of ``fmprobe sweep`` (see its ``--help`` and the sweep guide).
+
+    Returns
+    -------
+    SweepReport
+
+    Examples
+    --------
+    >>> sweep(store="digits.zarr", out="results.parquet", features="*/block11/cls",
+    ...       n="10,20,50,100,all", seeds=5)  # doctest: +SKIP
+    """
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    _check_engine(engine, workers)
+    shard_i, shard_n = parse_shard(shard)
+    fs = open_store(store)
+    cfg, group_cols = _config(
+        fs, tasks=tasks, labels=labels, group_by=group_by, features=features, probe=probe,
+        sampler=sampler, n=n, seeds=seeds, C=C, folds=folds, knn_k=knn_k, split_col=split_col,
+        test_frac=test_frac, group_col=group_col, split_seed=split_seed,
+        standardize=standardize, l2_normalize=l2_normalize, max_iter=max_iter, tol=tol,
+        backend=backend, test_where=test_where, layers=layers, attnpool=attnpool,
+    )  # fmt: skip
+    save_predictions = save_predictions or bool(group_cols)  # subgroups need the kept scores
+    dev = resolve_device(device)
+    out_path = Path(out)
+    parts = _open_ledger(out_path, cfg, overwrite=overwrite)
+    preds = out_path.with_name(out_path.name + ".predictions")
+    if save_predictions:
+        preds.mkdir(exist_ok=True)
+    mine = [u for i, u in enumerate(plan_units(cfg, seeds_per_unit=seeds_per_unit))
+            if i % shard_n == shard_i]  # fmt: skip
+    todo = [u for u in mine if not (parts / f"{u.name}.parquet").exists()
+            or (save_predictions and not (preds / f"{u.name}.parquet").exists())]  # fmt: skip
+    report = SweepReport(out=str(out_path), rows=0, units_total=len(mine),
+                         units_done_before=len(mine) - len(todo))  # fmt: skip
+    total = sum(unit_probes(cfg, u) for u in todo)
+    bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr,
+               disable=not progress or total == 0)  # fmt: skip
+    kept = str(preds) if save_predictions else None
+    job = SweepJob(store=store, cfg=cfg, parts=str(parts), predictions=kept, device=str(dev))
+    t_loop = time.perf_counter()
+    report.probes_fitted = _run_engine(job, todo, engine=engine, address=address,
+                                       workers=workers, progress=bar.update)  # fmt: skip
+    bar.close()
+    loop_seconds = time.perf_counter() - t_loop
+    if shard_n > 1:
+        out_path = shard_path(out_path, shard_i, shard_n)
+        report.out = str(out_path)
+    frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in mine]
+    result = pd.concat(frames, ignore_index=True) if frames else unit_frame([], cfg)
+    write_results(result, out_path, cfg, seeds_per_unit=seeds_per_unit)
+    report.rows = len(result)
+    if group_cols and shard_n == 1:
+        report.subgroups = _subgroups(out_path, group_cols, store=store, labels=labels)
+    report.seconds = loop_seconds if todo else time.perf_counter() - t_start
+    _convergence(result, report, cfg)
+    return report

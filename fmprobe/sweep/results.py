@@ -1,0 +1,225 @@
+"""The results of a sweep: a unit's rows as a table (its part in ``<out>.parts/``), the kept
+predictions, the results table with the sweep's configuration in its Parquet metadata, and
+``merge`` of the shards of an array job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmprobe.errors import UsageError
+from fmprobe.sweep.config import SweepConfig
+from fmprobe.sweep.plan import Unit, plan_units
+from fmprobe.sweep.tasks import Task
+from fmprobe.tables import atomic_path
+
+RESULT_COLUMNS = (
+    "feature",
+    "task",
+    "probe",
+    "sampler",
+    "n",
+    "seed",
+    "n_pos",
+    "auroc",
+    "auprc",
+    "balanced_accuracy",
+    "fit_seconds",
+    "C",
+    "C_selection",
+    "converged",
+    "n_iter",
+    "status",
+    "n_test",
+    "n_classes",
+)
+FITTED = ("ok", "classes_missing")  # statuses of rows whose probe was fitted
+SWEEP_META_KEY = b"fmprobe_sweep"
+
+
+def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
+    """The result rows of a unit as a table: the columns built at once (one small frame per
+    unit; setting columns one by one cost more than the fits at small n)."""
+    from fmprobe import __version__
+
+    def get(col: str) -> list[Any]:
+        return [r.get(col) for r in rows]
+
+    def ints(col: str) -> np.ndarray:
+        return np.asarray(get(col), dtype=np.int64)
+
+    def floats(col: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in get(col)], dtype=np.float64)
+
+    n = len(rows)
+    split = (
+        f"where:{cfg.test_where}"
+        if cfg.test_where
+        else f"col:{cfg.split_col}"
+        if cfg.split_col
+        else f"frac:{cfg.test_frac}"
+    )
+    data: dict[str, Any] = {
+        "feature": get("feature"),
+        "task": get("task"),
+        "probe": get("probe"),
+        "sampler": get("sampler"),
+        "n": ints("n"),
+        "seed": ints("seed"),
+        "n_pos": pd.array(get("n_pos"), dtype="Int64"),
+        "auroc": floats("auroc"),
+        "auprc": floats("auprc"),
+        "balanced_accuracy": floats("balanced_accuracy"),
+        "fit_seconds": floats("fit_seconds"),
+        "C": floats("C"),
+        "C_selection": pd.array(get("C_selection"), dtype="string"),
+        "converged": pd.array(get("converged"), dtype="boolean"),
+        "n_iter": pd.array(get("n_iter"), dtype="Int64"),
+        "status": get("status"),
+        "n_test": ints("n_test"),
+        "n_classes": ints("n_classes"),
+        "split": [split] * n,
+        "group_col": [cfg.group_col or ""] * n,
+        "split_seed": np.full(n, cfg.split_seed, dtype=np.int64),
+        "standardize": np.full(n, cfg.standardize, dtype=bool),
+        "l2_normalize": np.full(n, cfg.l2_normalize, dtype=bool),
+        "store_fingerprint": [cfg.store_fingerprint] * n,
+        "fmprobe_version": [__version__] * n,
+    }
+    if not n:
+        return pd.DataFrame({k: pd.Series([], dtype=object) for k in data})
+    return pd.DataFrame(data)
+
+
+def write_part(df: pd.DataFrame, path: Path) -> None:
+    """A unit's part (or any Parquet file of the sweep's folders), written atomically."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_predictions(
+    rows: list[dict[str, Any]],
+    *,
+    test_rows: np.ndarray,
+    y_test: np.ndarray,
+    task: Task,
+    ids: np.ndarray,
+    folder: Path,
+    unit: Unit,
+) -> None:
+    """``--save-predictions``: each probe's test-set scores, one row per probe.
+
+    ``<out>.predictions/<unit>.parquet`` holds the key columns (feature, task, probe, sampler,
+    n, seed, status), ``test`` (the name of the test table) and ``scores``: float32, T values
+    for binary tasks (the class-1 score), T·K row-major for K classes. ``test-<digest>.parquet``
+    lists that test set in score order: ``id``, ``row`` (store row) and ``y`` (class code).
+    """
+    digest = hashlib.sha256(task.name.encode() + b"|")
+    digest.update(np.ascontiguousarray(test_rows, dtype=np.int64).tobytes())
+    test_name = "test-" + digest.hexdigest()[:16]
+    test_path = folder / f"{test_name}.parquet"
+    if not test_path.exists():
+        table = pd.DataFrame({"id": np.asarray(ids[test_rows]).astype(str),
+                              "row": test_rows.astype(np.int64),
+                              "y": y_test.astype(np.int64)})  # fmt: skip
+        write_part(table, test_path)
+    keys = ("feature", "task", "probe", "sampler", "n", "seed", "status")
+    fitted = [r for r in rows if "_scores" in r]
+    table = pd.DataFrame({k: [r[k] for r in fitted] for k in keys})
+    table["test"] = test_name
+    table["n_classes"] = task.n_classes
+    table["scores"] = [np.asarray(r["_scores"], np.float32).ravel() for r in fitted]
+    write_part(table, folder / f"{unit.name}.parquet")
+
+
+def shard_path(out: Path, i: int, n: int) -> Path:
+    """Shard I of N writes ``results.shard-I-of-N.parquet`` beside ``results.parquet``."""
+    return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
+
+
+def write_results(df: pd.DataFrame, path: Path, cfg: SweepConfig, *, seeds_per_unit: int) -> None:
+    """The results table, with the sweep's configuration in the Parquet metadata (so that
+    ``merge`` can check that shards belong together and order their rows as one run)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tbl = pa.Table.from_pandas(df, preserve_index=False)
+    meta = json.dumps(
+        {"digest": cfg.digest(), "config": asdict(cfg), "seeds_per_unit": seeds_per_unit},
+        default=str,
+    )
+    tbl = tbl.replace_schema_metadata(
+        {**(tbl.schema.metadata or {}), SWEEP_META_KEY: meta.encode()}
+    )
+    with atomic_path(path, what="--out") as tmp:
+        pq.write_table(tbl, tmp)
+
+
+def _read_shard(path: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise UsageError(f"sweep merge: {path!r} does not exist")
+    try:
+        md = pq.read_schema(path).metadata or {}
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # a damaged or foreign file: pyarrow raises several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"sweep merge: {path!r} is not a readable Parquet table ({first})"
+        ) from None
+    if SWEEP_META_KEY not in md:
+        raise UsageError(f"sweep merge: {path!r} is not a table written by fmprobe sweep")
+    return json.loads(md[SWEEP_META_KEY]), frame
+
+
+def merge(*, parts: Sequence[str], out: str) -> pd.DataFrame:
+    """Merge the tables of ``sweep --shard I/N`` runs into the table one run would have
+    written (same rows, same order). Shards of different sweeps, a unit in two shards, or a
+    missing unit are refused with a one-line error.
+
+    Examples
+    --------
+    >>> merge(parts=["r.shard-0-of-2.parquet", "r.shard-1-of-2.parquet"],
+    ...       out="r.parquet")  # doctest: +SKIP
+    """
+    if not parts:
+        raise UsageError("sweep merge: give the shard tables to merge, e.g. r.shard-*.parquet")
+    metas, frames = zip(*(_read_shard(p) for p in parts), strict=True)
+    if len({m["digest"] for m in metas}) > 1:
+        raise UsageError("sweep merge: the tables come from sweeps with different settings")
+    cfg = SweepConfig.from_dict(metas[0]["config"])
+    per_unit = int(metas[0]["seeds_per_unit"])
+    units = plan_units(cfg, seeds_per_unit=per_unit)
+    rank = {}
+    for i, u in enumerate(units):
+        for seed in u.seeds:
+            rank[(u.feature, u.task, u.probe, u.sampler, seed)] = i
+    df = pd.concat(frames, ignore_index=True)
+    base_probe = df["probe"].where(~df["probe"].str.startswith("knn"), "knn")
+    key = list(zip(df["feature"], df["task"], base_probe, df["sampler"], df["seed"], strict=True))
+    unit_of = np.array([rank.get(k, -1) for k in key])
+    if (unit_of < 0).any():
+        raise UsageError("sweep merge: rows that are not in the sweep's plan")
+    if df.assign(_u=unit_of).duplicated(["_u", "probe", "n", "seed"]).any():
+        raise UsageError(
+            "sweep merge: a unit appears in more than one table (the same shard twice?)"
+        )
+    missing = len(units) - len(set(unit_of.tolist()))
+    if missing:
+        raise UsageError(
+            f"sweep merge: {missing} of {len(units)} work units are in none of the tables; "
+            "run the missing shards (or the sweep without --shard) first"
+        )
+    # one run's order: plan units in order, rows within a unit as they were written
+    df = df.assign(_u=unit_of, _i=np.arange(len(df))).sort_values(["_u", "_i"], kind="stable")
+    df = df.drop(columns=["_u", "_i"]).reset_index(drop=True)
+    write_results(df, Path(out), cfg, seeds_per_unit=per_unit)
+    return df
