@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,32 @@ def hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     SiglipVisionModel(SiglipVisionConfig(**common)).save_pretrained(root / "siglip")
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "siglip")
     return {"dino": root / "dino", "siglip": root / "siglip"}
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What ``fmprobe ARGS`` did, run in this process through click's test runner."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def returncode(self) -> int:  # the name subprocess results use
+        return self.exit_code
+
+
+def run_cli(*args: str, check: bool = False) -> CliResult:
+    """``fmprobe ARGS`` in-process (click's ``CliRunner``): its exit code, stdout and stderr.
+    A traceback is never the answer: an exception that escapes the command fails the test."""
+    from click.testing import CliRunner
+
+    from fmprobe.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    out = CliResult(result.exit_code, result.stdout, result.stderr)
+    if check:
+        assert out.exit_code == 0, out.stderr
+    return out

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from conftest import TINY_VIT
+from conftest import TINY_VIT, run_cli
 from PIL import Image
 
 from fmprobe.data import parse_data
@@ -29,16 +29,6 @@ from fmprobe.store import export_feature, import_features, open_store, store_inf
 MODEL = "timm:vit_tiny_patch16_224"
 KEY = "timm-vit_tiny_patch16_224"
 KW = json.dumps(TINY_VIT)
-
-
-def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fmprobe.cli", *args], capture_output=True, text=True, env=env
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def make_folder(root: Path, n_per_class: int = 6) -> Path:

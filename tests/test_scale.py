@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from fmprobe.errors import UsageError
 from fmprobe.store import import_features, open_store
@@ -62,9 +63,7 @@ def test_shards_merged_equal_one_run(store: Path, tmp_path: Path) -> None:
     # the CLI: one line and exit code 2 for a bad shard spec and a missing shard
     for args in (["sweep", "--store", str(store), "--out", str(tmp_path / "z.parquet"), "--shard", "3/3"],
                  ["sweep", "merge", *shards[:2], "--out", str(tmp_path / "x.parquet")]):  # fmt: skip
-        p = subprocess.run(
-            [sys.executable, "-m", "fmprobe.cli", *args], capture_output=True, text=True
-        )
+        p = run_cli(*args)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
@@ -227,15 +228,10 @@ def test_config_equals_flags(store: Path, tmp_path: Path) -> None:
     cfg = {"store": str(store), "features": ["enc_b/last/cls"], "tasks": "finding", "n": [10, "all"],
            "seeds": 2, "C": 0.3, "quiet": True}  # fmt: skip
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "fmprobe.cli", "sweep"]
-    subprocess.run(
-        [*base, "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "a.parquet")],
-        check=True,
-        env=env,
-    )
-    subprocess.run([*base, "--store", str(store), "--features", "enc_b/last/cls", "--tasks", "finding", "--n", "10,all",
-                    "--seeds", "2", "--C", "0.3", "--quiet", "--out", str(tmp_path / "b.parquet")], check=True, env=env)  # fmt: skip
+    run_cli("sweep", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "a.parquet"),
+            check=True)  # fmt: skip
+    run_cli("sweep", "--store", str(store), "--features", "enc_b/last/cls", "--tasks", "finding", "--n", "10,all",
+            "--seeds", "2", "--C", "0.3", "--quiet", "--out", str(tmp_path / "b.parquet"), check=True)  # fmt: skip
     a = pd.read_parquet(tmp_path / "a.parquet").drop(columns="fit_seconds")
     b = pd.read_parquet(tmp_path / "b.parquet").drop(columns="fit_seconds")
     pd.testing.assert_frame_equal(a, b)
@@ -257,9 +253,8 @@ def test_config_equals_flags(store: Path, tmp_path: Path) -> None:
 def test_bad_input_gives_one_line_and_exit_2(
     store: Path, tmp_path: Path, args: list[str], words: str
 ) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fmprobe.cli", "sweep", "--store", str(store), "--out",
-                           str(tmp_path / "r.parquet"), "--tasks", "finding", "--quiet", *args],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = run_cli("sweep", "--store", str(store), "--out", str(tmp_path / "r.parquet"), "--tasks",
+                   "finding", "--quiet", *args)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
 
