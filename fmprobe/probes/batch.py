@@ -78,8 +78,9 @@ class BatchResult:
         Per variant, ``auroc``, ``auprc``, ``balanced_accuracy``: (B,) tensors.
     C : Tensor or None
         (B,) the C each problem was fitted with; None for kNN.
-    C_selection : str
-        ``fixed``, ``cv``, ``fallback`` (a class with fewer than 2 rows: C = 1) or ``none``.
+    C_selection : list of str
+        Per problem: ``fixed``, ``cv``, ``fallback`` (its rarest class has fewer than 2
+        labels: C = 1) or ``none`` (kNN).
     converged : ndarray
         (B,) bool; True for probes without an iterative solver.
     n_iter : ndarray
@@ -94,7 +95,7 @@ class BatchResult:
     scores: list[torch.Tensor]
     metrics: list[dict[str, torch.Tensor]]
     C: torch.Tensor | None
-    C_selection: str
+    C_selection: list[str]
     converged: np.ndarray
     n_iter: np.ndarray
     status: str
@@ -210,30 +211,54 @@ def choose_C(
     n_classes: int,
     seeds: Sequence[int],
     settings: ProbeSettings,
-) -> tuple[torch.Tensor, str]:
-    """k-fold CV over ``C_GRID`` inside each problem's n labels: every fold and grid point in
-    one batch. Returns the chosen C per problem (ties: the smaller C) and how it was chosen."""
-    B, n, _ = Xb.shape
+) -> tuple[torch.Tensor, list[str]]:
+    """k-fold CV over ``C_GRID`` inside each problem's n labels: every fold and grid point of
+    the problems with the same fold count in one batch.
+
+    Each problem's fold count is its own: ``min(folds, rarest class count)``; a problem whose
+    rarest class has fewer than 2 labels cannot be cross-validated and gets C = 1
+    (``fallback``). So a problem's C never depends on the other problems of its batch (the
+    seeds asked for, the batch size, the engine). Returns the chosen C per problem (ties: the
+    smaller C) and how each was chosen (``cv`` or ``fallback``).
+    """
+    B = Xb.shape[0]
     counts = np.array([np.bincount(y_np[b], minlength=n_classes).min() for b in range(B)])
-    k = int(min(settings.folds, counts.min())) if counts.size else 0
-    if k < 2:
-        return torch.ones(B, dtype=torch.float64, device=Xb.device), "fallback"
-    masks = np.stack([fold_masks(y_np[b], k=k, seed=int(seeds[b])) for b in range(B)])  # (B,k,n)
+    ks = np.minimum(settings.folds, counts)
+    C = torch.ones(B, dtype=torch.float64, device=Xb.device)
+    selection = ["cv" if k >= 2 else "fallback" for k in ks]
+    for k in sorted(set(int(v) for v in ks if v >= 2)):
+        members = np.flatnonzero(ks == k)
+        sel = torch.as_tensor(members, device=Xb.device)
+        C[sel] = _cv_choice(Xb[sel], yb[sel], y_np[members], k=k, n_classes=n_classes,
+                            seeds=[int(seeds[int(b)]) for b in members], settings=settings)  # fmt: skip
+    return C, selection
+
+
+def _cv_choice(
+    Xb: torch.Tensor,
+    yb: torch.Tensor,
+    y_np: np.ndarray,
+    *,
+    k: int,
+    n_classes: int,
+    seeds: Sequence[int],
+    settings: ProbeSettings,
+) -> torch.Tensor:
+    """The best C of ``C_GRID`` per problem by mean validation AUROC over ``k`` folds."""
+    B, n, D = Xb.shape
+    masks = np.stack([fold_masks(y_np[b], k=k, seed=seeds[b]) for b in range(B)])  # (B, k, n)
     G = len(C_GRID)
     held = torch.as_tensor(masks, device=Xb.device)[:, :, None, :].expand(B, k, G, n).reshape(-1, n)
-    Xr = Xb[:, None, None].expand(B, k, G, n, Xb.shape[2]).reshape(-1, n, Xb.shape[2])
+    Xr = Xb[:, None, None].expand(B, k, G, n, D).reshape(-1, n, D)
     yr = yb[:, None, None].expand(B, k, G, n).reshape(-1, n)
-    Cr = (
-        torch.tensor(C_GRID, dtype=torch.float64, device=Xb.device)[None, None]
-        .expand(B, k, G)
-        .reshape(-1)
-    )
+    grid = torch.tensor(C_GRID, dtype=torch.float64, device=Xb.device)
+    Cr = grid[None, None].expand(B, k, G).reshape(-1)
     scores, _, _ = fit_and_score(Xr, yr, Xr, Cr, n_classes=n_classes, settings=settings,
                                  mask=~held)  # fmt: skip
     metric = _val_metric(scores[0], yr, held, n_classes).reshape(B, k, G)
     mean = torch.nan_to_num(metric, nan=-1.0).mean(1)
     best = torch.argmax(mean, dim=1)  # first maximum: the smallest C among ties
-    return Cr.reshape(B, k, G)[:, 0, :].gather(1, best[:, None])[:, 0], "cv"
+    return grid[best]
 
 
 def expand_classes(
@@ -298,15 +323,16 @@ def fit_score_batch(
         y_np = np.searchsorted(present, y_np)
     yb = torch.as_tensor(y_np, device=device)
     knn = settings.probe == "knn"
+    C: torch.Tensor | None
     if knn:
-        C, selection = None, "none"
+        C, selection = None, ["none"] * B
     elif settings.C == "auto" and n_fit >= 2:
         C, selection = choose_C(Xb, yb, y_np, n_classes=n_fit, seeds=seeds, settings=settings)
     elif settings.C == "auto":  # one class labelled: nothing to cross-validate
-        C, selection = torch.ones(B, dtype=torch.float64, device=device), "fallback"
+        C, selection = torch.ones(B, dtype=torch.float64, device=device), ["fallback"] * B
     else:
         C = torch.full((B,), float(settings.C), dtype=torch.float64, device=device)
-        selection = "fixed"
+        selection = ["fixed"] * B
     if n_fit >= 2:
         C_fit = C if C is not None else torch.ones(B, dtype=torch.float64, device=device)
         variants, conv, iters = fit_and_score(Xb, yb, X_test, C_fit, n_classes=n_fit,

@@ -165,6 +165,8 @@ def _config(
     )
     if opts["seeds"] < 1:
         raise UsageError(f"--seeds {opts['seeds']}: at least 1")
+    if opts["folds"] < 2:
+        raise UsageError(f"--folds {opts['folds']}: cross-validation needs at least 2 folds")
     task_objs, table = load_tasks(fs, split_list(tasks) or ["label"], labels=labels)
     group_cols = split_list(group_by)
     check_columns(table, [opts["split_col"], opts["group_col"], *group_cols])

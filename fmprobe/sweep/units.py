@@ -160,7 +160,7 @@ def _batch_rows(
                     "balanced_accuracy": float(met["balanced_accuracy"][b]),
                     "fit_seconds": per_probe,
                     "C": float(r.C[b]) if r.C is not None else None,
-                    "C_selection": r.C_selection,
+                    "C_selection": r.C_selection[b],
                     "converged": bool(r.converged[b]),
                     "n_iter": int(r.n_iter[b]),
                     "status": r.status,
