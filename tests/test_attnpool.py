@@ -17,9 +17,9 @@ from torch import nn
 from fmprobe.errors import UsageError
 from fmprobe.probes.attnpool import (
     AttnPoolConfig,
-    _init_problem,
     attnpool_scores,
     fit_attnpool,
+    init_params,
 )
 from fmprobe.probes.logreg import fit_logreg
 from fmprobe.probes.metrics import auroc
@@ -107,7 +107,7 @@ def reference_fit(
     width = cfg.width or max(dims)
     k_out = 1 if n_classes == 2 else n_classes
     model = RefProbe(dims, width, cfg.heads, k_out)
-    model.load(_init_problem(seed, dims, width, k_out))
+    model.load(init_params(seed, dims, width, k_out))
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
     )
@@ -204,12 +204,12 @@ def _fit_stopped(
     dims = tuple(t.shape[2] for t in tokens)
     width = cfg.width or max(dims)
     k_out = 1 if n_classes == 2 else n_classes
-    init = _init_problem(seed, dims, width, k_out)
+    init = init_params(seed, dims, width, k_out)
     params = {k: v[None].clone() for k, v in init.items()}
-    source = ap._TokenSource(tokens, chunk_rows=cfg.chunk_rows, device=torch.device("cpu"),
+    source = ap.TokenSource(tokens, chunk_rows=cfg.chunk_rows, device=torch.device("cpu"),
                              compute_dtype=torch.float32)  # fmt: skip
-    problem = ap._Problem(seed, rows, y, epochs=cfg.epochs, stop=stop)
-    ap._run([problem], params, source, n_classes=n_classes, config=cfg, keep_best=False)
+    problem = ap.Problem(seed, rows, y, epochs=cfg.epochs, stop=stop)
+    ap.train_problems([problem], params, source, n_classes=n_classes, config=cfg, keep_best=False)
     return ap.AttnPoolModel(params_=params, config=cfg, n_classes=n_classes, dims=dims,
                             n_tokens=tokens[0].shape[1])  # fmt: skip
 

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fmprobe"
 MAX_FUNCTION_LINES = 120
-MAX_COMMAND_LINES = 45
+MAX_COMMAND_LINES = 40
 
 
 def _module_name(path: Path) -> str:
@@ -92,14 +92,22 @@ def test_no_import_cycle_between_modules() -> None:
     assert cycle is None, " -> ".join(cycle or [])
 
 
+def _length(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from ``def`` (a command's option decorators are declarations, not logic), the
+    docstring left out (documentation is not length)."""
+    start = node.lineno
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        start += (first.end_lineno or first.lineno) - first.lineno + 1
+    return (node.end_lineno or node.lineno) - start + 1
+
+
 def _functions(path: Path) -> list[tuple[str, int]]:
-    tree = ast.parse(path.read_text())
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            # from ``def``: a command's option decorators are declarations, not logic
-            out.append((node.name, (node.end_lineno or node.lineno) - node.lineno + 1))
-    return out
+    return [
+        (node.name, _length(node))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
 
 
 def test_no_function_is_longer_than_the_limit() -> None:
@@ -120,7 +128,7 @@ def test_commands_are_thin_wrappers() -> None:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.decorator_list:
-                body = (node.end_lineno or node.lineno) - node.lineno + 1
+                body = _length(node)
                 if body > MAX_COMMAND_LINES:
                     fat.append(f"{name}.{node.name} ({body} lines)")
     assert not fat, f"commands over {MAX_COMMAND_LINES} lines: {', '.join(fat)}"

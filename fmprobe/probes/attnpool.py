@@ -278,7 +278,7 @@ def _not_finite(rows: np.ndarray) -> UsageError:
     )
 
 
-class _TokenSource:
+class TokenSource:
     """Rows of every layer's token array, LayerNorm-ed, in ascending row chunks of at most
     ``chunk_rows``. Normalised tokens are kept in the arrays' precision (float16 for a store's
     tokens); when ``cache_rows`` fit in ``cache_bytes`` they are normalised once and kept on
@@ -345,9 +345,7 @@ def _uniform(gen: torch.Generator, shape: tuple[int, ...], bound: float) -> torc
     return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
 
 
-def _init_problem(
-    seed: int, dims: Sequence[int], width: int, k_out: int
-) -> dict[str, torch.Tensor]:
+def init_params(seed: int, dims: Sequence[int], width: int, k_out: int) -> dict[str, torch.Tensor]:
     """PyTorch's default initialisation of the reference modules, drawn in a fixed order from
     ``torch.Generator().manual_seed(seed)``: per layer ``nn.Linear(D_l, W)`` (weight, bias
     ~ U(±1/√D_l)); the query ~ N(0, 0.02²); ``nn.MultiheadAttention(C)`` (in_proj xavier-uniform
@@ -495,7 +493,7 @@ def lr_factor(step: int, total: int, *, warmup: float, schedule: str) -> float:
 
 
 @dataclass
-class _Problem:
+class Problem:
     seed: int
     rows: np.ndarray  # store rows it trains on
     y: np.ndarray
@@ -509,10 +507,73 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, -(-n // batch_size))
 
 
-def _run(
-    problems: Sequence[_Problem],
+def _accumulate(
     params: dict[str, torch.Tensor],
-    source: _TokenSource,
+    source: TokenSource,
+    batches: list[tuple[np.ndarray, torch.Tensor] | None],
+    weights: np.ndarray,
+    *,
+    train: bool,
+    n_classes: int,
+    heads: int,
+    autocast: bool,
+) -> np.ndarray:
+    """Per problem, the summed loss over its ``(rows, labels)``; with ``train``, also the
+    gradients of Σ_p weights[p]·(its summed loss) into ``params[...].grad``."""
+    P, device, dims = len(batches), source.device, source.dims
+    losses = np.zeros(P)
+    present = [pi for pi, b in enumerate(batches) if b is not None and len(b[0])]
+    if not present:
+        return losses
+    pp = np.concatenate([np.full(len(batches[pi][0]), pi) for pi in present])  # type: ignore[index]
+    store_rows = np.concatenate([batches[pi][0] for pi in present])  # type: ignore[index]
+    yy = torch.cat([batches[pi][1] for pi in present])  # type: ignore[index]
+    ww = torch.as_tensor(weights[pp], dtype=torch.float32, device=device)
+    union, inverse = np.unique(store_rows, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # pairs grouped by chunk row
+    start = 0
+    for chunk, x in source.chunks(union):
+        stop = start + len(chunk)
+        lo, hi = np.searchsorted(inverse[order], [start, stop])
+        sel = order[lo:hi]
+        row_of = inverse[sel]
+        # round k takes the k-th pair of every row: rows distinct and ascending, so a round
+        # that covers the chunk uses its tensor as it is (no per-pair copy of the tokens)
+        rank = np.arange(len(sel)) - np.searchsorted(row_of, row_of)
+        for k in range(int(rank.max()) + 1 if len(sel) else 0):
+            part = sel[rank == k]
+            local = row_of[rank == k] - start
+            prob = pp[part]
+            by_prob = np.argsort(prob, kind="stable")
+            slot = np.empty(len(part), np.int64)
+            slot[by_prob] = np.arange(len(part)) - np.searchsorted(prob[by_prob], prob[by_prob])
+            part_t = torch.as_tensor(part, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = _pair_outputs(
+                    params,
+                    x,
+                    dims,
+                    torch.as_tensor(prob, device=device),
+                    None if len(local) == len(chunk) else torch.as_tensor(local, device=device),
+                    torch.as_tensor(slot, device=device),
+                    int(slot.max()) + 1,
+                    heads,
+                )
+            if not bool(torch.isfinite(out).all()):
+                bad = ~torch.isfinite(out).all(1).cpu().numpy()
+                raise _not_finite(np.unique(union[inverse[part][bad]]))
+            per_row = _loss(out.float(), yy[part_t], n_classes)
+            np.add.at(losses, prob, per_row.detach().double().cpu().numpy())
+            if train:
+                (per_row * ww[part_t]).sum().backward()
+        start = stop
+    return losses
+
+
+def train_problems(
+    problems: Sequence[Problem],
+    params: dict[str, torch.Tensor],
+    source: TokenSource,
     *,
     n_classes: int,
     config: AttnPoolConfig,
@@ -539,62 +600,8 @@ def _run(
     best_params = {k: v.clone() for k, v in params.items()} if keep_best else None
     running = np.ones(P, bool)
     heads = config.heads
-    dims = source.dims
     y_all = [torch.as_tensor(pr.y, dtype=torch.long, device=device) for pr in problems]
     autocast = config.dtype == "bfloat16" and device.type == "cuda"
-
-    def accumulate(
-        batches: list[tuple[np.ndarray, torch.Tensor] | None], weights: np.ndarray, train: bool
-    ) -> np.ndarray:
-        """Per problem, the summed loss over its ``(rows, labels)``; with ``train``, also the
-        gradients of Σ_p weights[p]·(its summed loss) into ``params[...].grad``."""
-        losses = np.zeros(P)
-        present = [pi for pi, b in enumerate(batches) if b is not None and len(b[0])]
-        if not present:
-            return losses
-        pp = np.concatenate([np.full(len(batches[pi][0]), pi) for pi in present])  # type: ignore[index]
-        store_rows = np.concatenate([batches[pi][0] for pi in present])  # type: ignore[index]
-        yy = torch.cat([batches[pi][1] for pi in present])  # type: ignore[index]
-        ww = torch.as_tensor(weights[pp], dtype=torch.float32, device=device)
-        union, inverse = np.unique(store_rows, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")  # pairs grouped by chunk row
-        start = 0
-        for chunk, x in source.chunks(union):
-            stop = start + len(chunk)
-            lo, hi = np.searchsorted(inverse[order], [start, stop])
-            sel = order[lo:hi]
-            row_of = inverse[sel]
-            # round k takes the k-th pair of every row: rows distinct and ascending, so a round
-            # that covers the chunk uses its tensor as it is (no per-pair copy of the tokens)
-            rank = np.arange(len(sel)) - np.searchsorted(row_of, row_of)
-            for k in range(int(rank.max()) + 1 if len(sel) else 0):
-                part = sel[rank == k]
-                local = row_of[rank == k] - start
-                prob = pp[part]
-                by_prob = np.argsort(prob, kind="stable")
-                slot = np.empty(len(part), np.int64)
-                slot[by_prob] = np.arange(len(part)) - np.searchsorted(prob[by_prob], prob[by_prob])
-                part_t = torch.as_tensor(part, device=device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    out = _pair_outputs(
-                        params,
-                        x,
-                        dims,
-                        torch.as_tensor(prob, device=device),
-                        None if len(local) == len(chunk) else torch.as_tensor(local, device=device),
-                        torch.as_tensor(slot, device=device),
-                        int(slot.max()) + 1,
-                        heads,
-                    )
-                if not bool(torch.isfinite(out).all()):
-                    bad = ~torch.isfinite(out).all(1).cpu().numpy()
-                    raise _not_finite(np.unique(union[inverse[part][bad]]))
-                per_row = _loss(out.float(), yy[part_t], n_classes)
-                np.add.at(losses, prob, per_row.detach().double().cpu().numpy())
-                if train:
-                    (per_row * ww[part_t]).sum().backward()
-            start = stop
-        return losses
 
     for p in params.values():
         p.requires_grad_(True)
@@ -620,7 +627,8 @@ def _run(
                 )
             for p in params.values():
                 p.grad = None
-            accumulate(batches, weights, train=True)
+            _accumulate(params, source, batches, weights, train=True, n_classes=n_classes,
+                        heads=heads, autocast=autocast)  # fmt: skip
             grads = {
                 k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in params.items()
             }
@@ -642,7 +650,10 @@ def _run(
                 assert pr.val_rows is not None and pr.val_y is not None
                 vb[pi] = (pr.val_rows, torch.as_tensor(pr.val_y, dtype=torch.long, device=device))
             with torch.no_grad():
-                vloss = accumulate(vb, np.zeros(P), train=False)
+                vloss = _accumulate(
+                    params, source, vb, np.zeros(P), train=False, n_classes=n_classes,
+                    heads=heads, autocast=autocast,
+                )  # fmt: skip
             for pi in np.flatnonzero(validate).tolist():
                 loss = vloss[pi] / max(1, len(vb[pi][0]))  # type: ignore[index]
                 if np.isnan(best_loss[pi]) or loss < best_loss[pi]:
@@ -690,6 +701,49 @@ def _check_tokens(tokens: Sequence[TokenArray]) -> tuple[int, int, tuple[int, ..
             f"along channels), got shapes {shapes}; pass layers of one model"
         )
     return shapes[0][0], shapes[0][1], tuple(s[2] for s in shapes)
+
+
+def _check_problems(
+    rows_l: Sequence[np.ndarray],
+    y_l: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    *,
+    n_rows: int,
+    n_classes: int,
+) -> None:
+    if not len(rows_l) == len(y_l) == len(seeds) or not rows_l:
+        raise UsageError(
+            f"train_rows, y_train and seeds describe {len(rows_l)}, {len(y_l)} and {len(seeds)} "
+            "problems; pass one of each per problem (at least one)"
+        )
+    for r, y in zip(rows_l, y_l, strict=True):
+        if r.shape != y.shape or not len(r):
+            raise UsageError(
+                f"a problem has {r.shape} train_rows but {y.shape} labels; pass one label per row"
+            )
+        if r.min() < 0 or r.max() >= n_rows or len(np.unique(r)) != len(r):
+            raise UsageError(f"train_rows must be distinct store rows in [0, {n_rows}) per problem")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise UsageError(f"y_train holds codes outside 0..{n_classes - 1} (n_classes)")
+    if n_classes < 2:
+        raise UsageError(f"n_classes={n_classes}: a probe needs at least 2 classes")
+
+
+def _validation_splits(
+    y_l: Sequence[np.ndarray], seeds: Sequence[int], *, n_classes: int, config: AttnPoolConfig
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """The (train, validation) positions of each problem, when its rarest class can spare a
+    label and the selection needs one; None otherwise."""
+    splits: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for y, s in zip(y_l, seeds, strict=True):
+        rarest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
+        folds = min(max(2, round(1 / config.val_frac)), rarest)
+        if config.selection == "last" or folds < 2:
+            splits.append(None)
+        else:
+            held = fold_masks(y, k=folds, seed=s)[0]
+            splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
+    return splits
 
 
 def fit_attnpool(
@@ -743,22 +797,7 @@ def fit_attnpool(
     rows_l = _as_problem_list(train_rows, "train_rows")
     y_l = _as_problem_list(y_train, "y_train")
     seeds = [int(s) for s in seeds]
-    if not len(rows_l) == len(y_l) == len(seeds) or not rows_l:
-        raise UsageError(
-            f"train_rows, y_train and seeds describe {len(rows_l)}, {len(y_l)} and {len(seeds)} "
-            "problems; pass one of each per problem (at least one)"
-        )
-    for r, y in zip(rows_l, y_l, strict=True):
-        if r.shape != y.shape or not len(r):
-            raise UsageError(
-                f"a problem has {r.shape} train_rows but {y.shape} labels; pass one label per row"
-            )
-        if r.min() < 0 or r.max() >= N or len(np.unique(r)) != len(r):
-            raise UsageError(f"train_rows must be distinct store rows in [0, {N}) per problem")
-        if y.min() < 0 or y.max() >= n_classes:
-            raise UsageError(f"y_train holds codes outside 0..{n_classes - 1} (n_classes)")
-    if n_classes < 2:
-        raise UsageError(f"n_classes={n_classes}: a probe needs at least 2 classes")
+    _check_problems(rows_l, y_l, seeds, n_rows=N, n_classes=n_classes)
     width = config.width or max(dims)
     C = width * len(dims)
     if C % config.heads:
@@ -767,7 +806,7 @@ def fit_attnpool(
             f"{config.heads} heads; pick heads dividing {C} or another width"
         )
     k_out = 1 if n_classes == 2 else n_classes
-    inits = [_init_problem(s, dims, width, k_out) for s in seeds]
+    inits = [init_params(s, dims, width, k_out) for s in seeds]
 
     def fresh(which: Sequence[int]) -> dict[str, torch.Tensor]:
         return {k: torch.stack([inits[i][k] for i in which]).to(dev) for k in inits[0]}
@@ -777,21 +816,12 @@ def fit_attnpool(
     def schedule_epochs(n: int) -> int:
         return max(config.epochs, -(-config.min_steps // _steps_per_epoch(n, B)))
 
-    # the validation fold of each problem, when its rarest class can spare a label
-    splits: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for y, s in zip(y_l, seeds, strict=True):
-        rarest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
-        folds = min(max(2, round(1 / config.val_frac)), rarest)
-        if config.selection == "last" or folds < 2:
-            splits.append(None)
-        else:
-            held = fold_masks(y, k=folds, seed=s)[0]
-            splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
+    splits = _validation_splits(y_l, seeds, n_classes=n_classes, config=config)
     needed = np.unique(np.concatenate(rows_l))
     compute_dtype = (
         torch.bfloat16 if config.dtype == "bfloat16" and dev.type == "cuda" else torch.float32
     )
-    source = _TokenSource(
+    source = TokenSource(
         tokens,
         chunk_rows=config.chunk_rows,
         device=dev,
@@ -804,26 +834,28 @@ def fit_attnpool(
     for r, y, s, sp in zip(rows_l, y_l, seeds, splits, strict=True):
         if sp is None:
             e = schedule_epochs(len(r))
-            first.append(_Problem(s, r, y, epochs=e, stop=e))
+            first.append(Problem(s, r, y, epochs=e, stop=e))
         else:
             tr, va = sp
             e = schedule_epochs(len(tr))
-            first.append(_Problem(s, r[tr], y[tr], epochs=e, stop=e,
+            first.append(Problem(s, r[tr], y[tr], epochs=e, stop=e,
                                   val_rows=r[va], val_y=y[va]))  # fmt: skip
     params = fresh(range(len(seeds)))
-    best_epoch, best_loss, steps = _run(first, params, source, n_classes=n_classes, config=config,
-                                        keep_best=config.selection == "best")  # fmt: skip
+    best_epoch, best_loss, steps = train_problems(
+        first, params, source, n_classes=n_classes, config=config,
+        keep_best=config.selection == "best",
+    )  # fmt: skip
     selection = ["last" if sp is None else config.selection for sp in splits]
     refit = [i for i, sp in enumerate(splits) if sp is not None and config.selection == "refit"]
     if refit:
         # again from the same initialisation, on all n labels, the same schedule (in epochs),
         # stopped after the chosen epoch; problems without validation keep their first run
         second = [
-            _Problem(seeds[i], rows_l[i], y_l[i], epochs=first[i].epochs, stop=int(best_epoch[i]))
+            Problem(seeds[i], rows_l[i], y_l[i], epochs=first[i].epochs, stop=int(best_epoch[i]))
             for i in refit
         ]
         sub = fresh(refit)
-        _, _, sub_steps = _run(second, sub, source, n_classes=n_classes, config=config,
+        _, _, sub_steps = train_problems(second, sub, source, n_classes=n_classes, config=config,
                                keep_best=False)  # fmt: skip
         index = torch.as_tensor(refit, device=dev)
         for name, v in params.items():
@@ -888,7 +920,7 @@ def attnpool_scores(
     compute_dtype = (
         torch.bfloat16 if model.config.dtype == "bfloat16" and dev.type == "cuda" else torch.float32
     )
-    source = _TokenSource(tokens, chunk_rows=chunk, device=dev, compute_dtype=compute_dtype)
+    source = TokenSource(tokens, chunk_rows=chunk, device=dev, compute_dtype=compute_dtype)
     uniq, inverse = np.unique(rows, return_inverse=True)
     outs = []
     with (

@@ -229,8 +229,9 @@ def choose_C(
     for k in sorted(set(int(v) for v in ks if v >= 2)):
         members = np.flatnonzero(ks == k)
         sel = torch.as_tensor(members, device=Xb.device)
+        member_seeds = [int(seeds[int(b)]) for b in members]
         C[sel] = _cv_choice(Xb[sel], yb[sel], y_np[members], k=k, n_classes=n_classes,
-                            seeds=[int(seeds[int(b)]) for b in members], settings=settings)  # fmt: skip
+                            seeds=member_seeds, settings=settings)  # fmt: skip
     return C, selection
 
 
