@@ -105,7 +105,7 @@ def test_store_reads_back_with_plain_zarr(digits_store: tuple[Path, Any]) -> Non
 def test_store_info_lists_features_with_shapes(digits_store: tuple[Path, Any]) -> None:
     store, _ = digits_store
     info = store_info(store)
-    shapes = {f["key"]: tuple(f["shape"]) for f in info["features"]}
+    shapes = {f.key: f.shape for f in info.features}
     assert shapes[f"{KEY}/block0/mean"] == (1797, 32)
     assert len(shapes) == 4 * 4
     proc = run_cli("store", "info", str(store), "--json", check=True)

@@ -29,31 +29,7 @@ def store_info(path: str, as_json: bool) -> None:
     from fmprobe.store import store_info as info
 
     result = info(path)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    ds = result["dataset"]
-    click.echo(
-        f"{result['path']}: {result['n_samples']} samples from {ds.get('spec')} ({ds.get('kind')})"
-    )
-    click.echo(f"columns: {', '.join(result['columns']) or '(none)'}")
-    for m in result["models"]:
-        state = (
-            "complete"
-            if m["chunks_done"] == m["chunks"]
-            else f"{m['chunks_done']}/{m['chunks']} chunks"
-        )
-        w = (m["weights"] or {}).get("kind")
-        click.echo(
-            f"model {m['key']}: {m['spec']} [{w}] layers {m['layers']} {state}, "
-            f"{m['unreadable']} unreadable"
-        )
-    width = max((len(f["key"]) for f in result["features"]), default=10)
-    for f in result["features"]:
-        shape = "×".join(str(s) for s in f["shape"])
-        flag = "" if f["complete"] else "  (incomplete)"
-        flag += "  (imported)" if f["imported"] else ""
-        click.echo(f"  {f['key']:<{width}}  {shape:>14}  {f['dtype']}{flag}")
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
 @store.command("import")

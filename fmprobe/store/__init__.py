@@ -9,13 +9,16 @@ from fmprobe.store.core import (
     read_strings,
     store_exists,
 )
-from fmprobe.store.transfer import export_feature, import_features, read_table, store_info
+from fmprobe.store.info import ModelInfo, StoreInfo, store_info
+from fmprobe.store.transfer import export_feature, import_features, read_table
 from fmprobe.store.write import create_store
 
 __all__ = [
     "ATTR",
     "FeatureInfo",
     "FeatureStore",
+    "ModelInfo",
+    "StoreInfo",
     "create_store",
     "export_feature",
     "import_features",

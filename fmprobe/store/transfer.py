@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fmprobe import tables
 from fmprobe.errors import StoreError, UsageError
 from fmprobe.store.core import ATTR, FeatureStore, open_store, store_exists
 from fmprobe.store.write import create_store
@@ -39,26 +39,9 @@ def _read_matrix(path: Path, dataset: str | None) -> np.ndarray:
     raise UsageError(f"--features {str(path)!r}: expected a .npy or .h5/.hdf5 file")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet table (ids as strings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"table {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".parquet":
-            table = pd.read_parquet(path)
-        elif path.suffix in (".csv", ".tsv"):
-            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-        else:
-            raise UsageError(f"table {str(path)!r}: expected .csv, .tsv or .parquet")
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"cannot read table {str(path)!r}: {str(exc).splitlines()[0]}") from None
-    if "id" not in table.columns:
-        raise UsageError(f"table {str(path)!r} has no 'id' column (columns: {list(table.columns)})")
-    table["id"] = table["id"].astype(str)
-    return table
+def read_table(path: str | Path, *, what: str = "--labels") -> pd.DataFrame:
+    """Read a CSV, TSV or Parquet table whose ``id`` column names the samples (as strings)."""
+    return tables.read_table(path, what=what, id_column=True)
 
 
 def import_features(
@@ -175,32 +158,3 @@ def export_feature(
         else:
             samples.to_csv(table, index=False)
     return out
-
-
-def store_info(store: str | Path) -> dict[str, Any]:
-    """A JSON-able summary: dataset, columns, models (complete or not) and features."""
-    fs = open_store(store)
-    models = []
-    for m in fs.models():
-        meta = fs.model_meta(m)
-        done = np.asarray(fs.root[f"{m}/_done"][:])
-        models.append(
-            {
-                "key": m,
-                "spec": meta.get("model", {}).get("spec"),
-                "weights": meta.get("model", {}).get("weights"),
-                "layers": meta.get("layers"),
-                "pools": meta.get("pools"),
-                "chunks_done": int(done.sum()),
-                "chunks": int(done.size),
-                "unreadable": len(fs.errors(m)),
-            }
-        )
-    return {
-        "path": fs.path,
-        "n_samples": fs.n,
-        "dataset": fs.meta.get("dataset", {}),
-        "columns": [c for c in fs.samples().columns if c != "id"],
-        "models": models,
-        "features": [f.to_dict() for f in fs.features()],
-    }
