@@ -40,3 +40,21 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise UsageError(f"--shard {shard!r}: need 0 <= I < N, e.g. 0/8 … 7/8")
     return i, n
+
+
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> str:
+    """``--engine``: ``local`` (this machine) or ``ray`` (a Ray cluster).
+
+    >>> check_engine("ray")
+    'ray'
+    """
+    if engine not in ENGINES:
+        from fmprobe.errors import did_you_mean
+
+        raise UsageError(
+            f"--engine {engine!r}{did_you_mean(engine, ENGINES)}: one of {', '.join(ENGINES)}"
+        )
+    return engine

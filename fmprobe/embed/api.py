@@ -18,12 +18,11 @@ from fmprobe.devices import resolve_device
 from fmprobe.encoders import POOLS, Encoder, ModelSpec, create_encoder, parse_model_name
 from fmprobe.encoders.base import check_weights_path, file_sha256
 from fmprobe.errors import ModelError, StoreError, UsageError
-from fmprobe.options import parse_shard, split_list
+from fmprobe.options import check_engine, parse_shard, split_list
 from fmprobe.store import ATTR, FeatureStore
 from fmprobe.store.write import GroupLayout, create_model_group, creation_lock, open_or_create_store
 
 DTYPES = ("float32", "float16")
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -167,8 +166,7 @@ def _check(
 ) -> _Plan:
     """Every option checked before anything is built or written."""
     shard_i, shard_n = parse_shard(shard)
-    if engine not in ENGINES:
-        raise UsageError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+    check_engine(engine)
     if overwrite and (shard_n > 1 or engine == "ray"):
         raise UsageError(
             "--overwrite rebuilds the whole model group: run it once without --shard/--engine ray"

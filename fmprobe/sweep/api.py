@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from fmprobe.devices import resolve_device
-from fmprobe.errors import UsageError, did_you_mean
-from fmprobe.options import parse_shard, split_list
+from fmprobe.errors import UsageError
+from fmprobe.options import check_engine, parse_shard, split_list
 from fmprobe.store import FeatureStore, open_store
 from fmprobe.sweep.config import (
     PROBES,
@@ -34,8 +34,6 @@ from fmprobe.sweep.results import shard_path, unit_frame, write_part, write_resu
 from fmprobe.sweep.splits import sweep_split
 from fmprobe.sweep.tasks import load_tasks
 from fmprobe.sweep.units import SweepJob, execute_units
-
-ENGINES = ("local", "ray")
 
 
 class ConvergenceWarning(UserWarning):
@@ -85,10 +83,7 @@ class SweepReport:
 
 
 def _check_engine(engine: str, workers: int) -> None:
-    if engine not in ENGINES:
-        raise UsageError(
-            f"--engine {engine!r}{did_you_mean(engine, ENGINES)}: one of {', '.join(ENGINES)}"
-        )
+    check_engine(engine)
     if workers < 1:
         raise UsageError(f"--workers {workers}: at least 1 (1 = this process only)")
     if workers > 1 and engine != "local":
