@@ -149,6 +149,59 @@ def test_results_equal_sklearn_on_the_same_rows(store: Path, tmp_path: Path) -> 
             )
 
 
+def test_training_metrics_equal_sklearn_on_the_same_subsets(store: Path, tmp_path: Path) -> None:
+    """train_auroc / train_auprc / train_logloss: the fitted probe on its own n labels
+    (resubstitution for logreg and ridge; leave-one-out for kNN, against a brute-force loop)."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.metrics import log_loss
+
+    out = tmp_path / "r.parquet"
+    sweep(store=str(store), out=str(out), features="enc_a/last/cls", tasks="finding,tissue",
+          probe="logreg,ridge,knn", knn_k="3,30", n="25,80", seeds=2, C=0.5,
+          progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    fs = open_store(store)
+    X = fs.read_feature("enc_a/last/cls").astype(np.float64)
+    tasks, _ = load_tasks(fs, ["finding", "tissue"])
+    split = make_split(n_rows=fs.n, stratify=tasks[0].codes, test_frac=0.25, seed=0)
+    assert set(res[(res.probe == "knn30") & (res.n == 25)].status) == {"k_exceeds_n"}
+    for task in tasks:
+        y = task.codes
+        for row in res[(res.task == task.name) & (res.status == "ok")].itertuples():
+            idx = split.train[nested_order(y[split.train], seed=row.seed)[: row.n]]
+            Xi, yi = X[idx], y[idx]
+            if row.probe == "logreg":
+                ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=100_000).fit(Xi, yi)
+                p = ref.predict_proba(Xi)
+                assert abs(row.train_logloss - log_loss(yi, p)) <= 1e-4 * max(1, log_loss(yi, p))
+                s = p[:, 1] if task.n_classes == 2 else p
+            elif row.probe == "ridge":
+                s = RidgeClassifier(alpha=1 / 0.5).fit(Xi, yi).decision_function(Xi)
+                assert np.isnan(row.train_logloss)
+            else:
+                k = int(row.probe[3:])
+                Xn = Xi / np.linalg.norm(Xi, axis=1, keepdims=True)
+                shares = np.zeros((len(yi), task.n_classes))
+                for a in range(len(yi)):  # brute force: the k most similar other rows
+                    sims = [(-(Xn[a] @ Xn[b]), b) for b in range(len(yi)) if b != a]
+                    nearest = [b for _, b in sorted(sims)[:k]]
+                    shares[a] = np.bincount(yi[nearest], minlength=task.n_classes) / k
+                s = shares[:, 1] if task.n_classes == 2 else shares
+                clipped = np.clip(shares, np.finfo(float).eps, 1 - np.finfo(float).eps)
+                clipped /= clipped.sum(1, keepdims=True)
+                assert np.isclose(
+                    row.train_logloss, -np.mean(np.log(clipped[np.arange(len(yi)), yi]))
+                )
+            ref_auc = (
+                roc_auc_score(yi, s)
+                if task.n_classes == 2  # macro one-vs-rest, also for ridge's decision values
+                else np.mean([roc_auc_score(yi == c, s[:, c]) for c in range(task.n_classes)])
+            )
+            assert abs(row.train_auroc - ref_auc) <= 1e-4, (row.probe, row.n, row.seed)
+            if task.n_classes == 2:
+                assert abs(row.train_auprc - average_precision_score(yi, s)) <= 1e-4
+
+
 def test_n_larger_than_the_pool_and_other_probes(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.parquet"
     sweep(store=str(store), out=str(out), features="enc_b/last/cls", tasks="finding",
@@ -160,8 +213,10 @@ def test_n_larger_than_the_pool_and_other_probes(store: Path, tmp_path: Path) ->
         and res[res.n == 5000].auroc.isna().all()
     )
     assert set(res[res.n == 1].status) == {"n_below_classes"}
-    ok = res[res.n == 2]
+    ok = res[(res.n == 2) & (res.probe != "knn5")]
     assert (ok.status == "ok").all() and (ok.n_pos == 1).all()
+    five = res[(res.n == 2) & (res.probe == "knn5")]  # 5 neighbours of 2 labels: no probe
+    assert set(five.status) == {"k_exceeds_n"} and five.auroc.isna().all()
 
 
 def _cv_reference(X: np.ndarray, y: np.ndarray, *, folds: int, seed: int) -> np.ndarray:

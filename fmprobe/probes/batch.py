@@ -76,6 +76,9 @@ class BatchResult:
         probabilities otherwise.
     metrics : list of dict
         Per variant, ``auroc``, ``auprc``, ``balanced_accuracy``: (B,) tensors.
+    train_metrics : list of dict
+        Per variant, the same metrics and ``logloss`` on the n training labels (resubstitution;
+        leave-one-out for kNN): (B,) tensors, NaN where a problem has one class.
     C : Tensor or None
         (B,) the C each problem was fitted with; None for kNN.
     C_selection : list of str
@@ -94,6 +97,7 @@ class BatchResult:
     variants: tuple[str, ...]
     scores: list[torch.Tensor]
     metrics: list[dict[str, torch.Tensor]]
+    train_metrics: list[dict[str, torch.Tensor]]
     C: torch.Tensor | None
     C_selection: list[str]
     converged: np.ndarray
@@ -126,23 +130,36 @@ def fit_and_score(
     n_classes: int,
     settings: ProbeSettings,
     mask: torch.Tensor | None = None,
+    train_scores: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Fit B problems (rows ``Xb`` (B, n, D), labels ``yb`` (B, n), ``mask`` (B, n) of the rows
     each problem trains on) and score ``X_eval`` ((T, D) shared, or (B, T, D) per problem).
 
     Returns per-variant scores (one per k for kNN), and convergence flags / iteration counts
-    (None for probes without an iterative solver).
+    (None for probes without an iterative solver). With ``train_scores`` (a list to fill),
+    each variant's scores of the training rows themselves are appended to it, (B, n) or
+    (B, n, K), from the same fit: resubstitution for logistic regression and ridge,
+    leave-one-out for kNN.
     """
     probe = settings.probe
     if probe == "knn":
         if X_eval.dim() == 3:
             raise ValueError("kNN has no hyper-parameter to cross-validate")
         ks = settings.knn_k
+        if train_scores is not None:
+            train_scores += knn_loo_scores(Xb, yb, ks=ks, n_classes=n_classes)
         return knn_scores(Xb, yb, X_eval, ks=ks, n_classes=n_classes, mask=mask), None, None
-    mu = sd = None
+    X_raw, mu, sd = Xb, None, None
     if settings.standardize:
         Xb, mu, sd = standardise(Xb, mask)
     if probe == "ridge":
+        if train_scores is not None and X_eval.dim() == 2:
+            B, n, D = X_raw.shape
+            both = torch.cat([X_eval.to(X_raw.dtype), X_raw.reshape(B * n, D)])
+            s = _ridge(Xb, yb, both, C, n_classes=n_classes, mask=mask, mu=mu, sd=sd)
+            own = s[:, len(X_eval) :].reshape(B, B, n, *s.shape[2:])
+            train_scores.append(own[torch.arange(B), torch.arange(B)])
+            return [s[:, : len(X_eval)]], None, None
         return [_ridge(Xb, yb, X_eval, C, n_classes=n_classes, mask=mask, mu=mu, sd=sd)], None, None
     fit = fit_logreg_with(
         settings.backend, Xb, yb, C, n_classes=n_classes, mask=mask,
@@ -163,10 +180,57 @@ def fit_and_score(
         else batched_mv(X_eval, coef32)
     )
     z = z + intercept.to(torch.float32)[:, None, :]
+    if train_scores is not None:
+        # in float64: the training log-loss is a small number that float32 would round
+        zt = batched_mv(X_raw.to(coef.dtype), coef) + intercept[:, None, :]
+        train_scores.append(zt[..., 0] if zt.shape[-1] == 1 else torch.softmax(zt, dim=-1))
     # binary: the logit ranks as the probability does; multinomial: one-vs-rest AUROC needs the
     # class probabilities (softmax), as scikit-learn's predict_proba gives them
     out = z[..., 0] if z.shape[-1] == 1 else torch.softmax(z, dim=-1)
     return [out], fit.converged, fit.n_iter
+
+
+def knn_loo_scores(
+    X: torch.Tensor, y: torch.Tensor, *, ks: Sequence[int], n_classes: int
+) -> list[torch.Tensor]:
+    """Leave-one-out cosine kNN scores of each training row among the others of its problem
+    (``knn_scores``' convention: (B, n) share of class 1 for binary problems, else (B, n, K));
+    k is capped at n − 1, ties broken by training position."""
+    Xn = torch.nn.functional.normalize(X.to(torch.float64), dim=-1)
+    sim = torch.bmm(Xn, Xn.transpose(1, 2))
+    n = X.shape[1]
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    kmax = max(1, min(max(ks), n - 1))
+    # stable order: the largest similarity first, then the smaller training position
+    order = torch.sort(-sim, dim=-1, stable=True).indices[..., :kmax]
+    labels = torch.gather(y[:, None, :].expand(-1, n, -1), 2, order)
+    onehot = torch.nn.functional.one_hot(labels.long(), n_classes).to(torch.float64).cumsum(2)
+    out = []
+    for k in ks:
+        kk = max(1, min(k, kmax))
+        share = onehot[:, :, kk - 1, :] / kk
+        out.append(share[..., 1] if n_classes == 2 else share)
+    return out
+
+
+def train_log_loss(scores: torch.Tensor, y: torch.Tensor, *, probe: str) -> torch.Tensor:
+    """(B,) mean log-loss of the training labels ``y`` (B, n) under the training scores of a
+    probe (``fit_and_score``'s ``train_scores``): logits (binary logreg), class probabilities
+    (multinomial logreg, kNN shares, clipped as scikit-learn's ``log_loss`` clips them); NaN for
+    ridge, whose decision values are not probabilities."""
+    if probe == "ridge":
+        return torch.full((scores.shape[0],), float("nan"), dtype=torch.float64)
+    s = scores.to(torch.float64)
+    if s.dim() == 2 and probe != "knn":  # binary logits
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            s, y.to(torch.float64), reduction="none"
+        ).mean(1)
+    if s.dim() == 2:  # binary kNN: the share of class 1
+        s = torch.stack([1 - s, s], dim=-1)
+    eps = torch.finfo(torch.float64).eps
+    p = s.clamp(eps, 1 - eps)
+    p = p / p.sum(-1, keepdim=True)
+    return -torch.log(torch.gather(p, 2, y[..., None].long())[..., 0]).mean(1)
 
 
 def _ridge(
@@ -275,6 +339,23 @@ def expand_classes(
     return out
 
 
+def _nan_metrics(B: int, device: torch.device) -> dict[str, torch.Tensor]:
+    nan = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    return {"auroc": nan, "auprc": nan, "balanced_accuracy": nan, "logloss": nan}
+
+
+def training_metrics(
+    scores: torch.Tensor, yb: torch.Tensor, *, n_fit: int, probe: str, threshold: float
+) -> dict[str, torch.Tensor]:
+    """AUROC, AUPRC, balanced accuracy and log-loss of B problems on their own training rows:
+    ``scores`` (B, n) or (B, n, K) as ``fit_and_score``'s ``train_scores`` (logits or class
+    probabilities), ``yb`` (B, n) class codes of the ``n_fit`` classes fitted."""
+    met = classification_metrics(scores.to(torch.float64), yb, n_classes=n_fit,
+                                 threshold=threshold)  # fmt: skip
+    met["logloss"] = train_log_loss(scores, yb, probe=probe).to(met["auroc"].device)
+    return met
+
+
 def fit_score_batch(
     Xb: torch.Tensor,
     y_np: np.ndarray,
@@ -334,10 +415,11 @@ def fit_score_batch(
     else:
         C = torch.full((B,), float(settings.C), dtype=torch.float64, device=device)
         selection = ["fixed"] * B
+    train: list[torch.Tensor] = []
     if n_fit >= 2:
         C_fit = C if C is not None else torch.ones(B, dtype=torch.float64, device=device)
         variants, conv, iters = fit_and_score(Xb, yb, X_test, C_fit, n_classes=n_fit,
-                                              settings=settings)  # fmt: skip
+                                              settings=settings, train_scores=train)  # fmt: skip
     else:  # one class labelled: no classifier, every test row scores the same
         status = "single_class"
         shape = (B, len(X_test)) + (() if n_classes == 2 else (1,))
@@ -352,12 +434,17 @@ def fit_score_batch(
         classification_metrics(s, y_test, n_classes=n_classes, threshold=threshold)
         for s in variants
     ]
+    train_metrics = [
+        training_metrics(t, yb, n_fit=n_fit, probe=settings.probe, threshold=threshold)
+        for t in train
+    ] or [_nan_metrics(B, device)] * len(variants)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return BatchResult(
         variants=settings.variants,
         scores=variants,
         metrics=metrics,
+        train_metrics=train_metrics,
         C=C,
         C_selection=selection,
         converged=conv.cpu().numpy().astype(bool) if conv is not None else np.ones(B, bool),

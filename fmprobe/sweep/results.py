@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ RESULT_COLUMNS = (
     "auroc",
     "auprc",
     "balanced_accuracy",
+    "train_auroc",
+    "train_auprc",
+    "train_logloss",
     "fit_seconds",
     "C",
     "C_selection",
@@ -41,13 +44,54 @@ RESULT_COLUMNS = (
     "n_classes",
 )
 FITTED = ("ok", "classes_missing")  # statuses of rows whose probe was fitted
+NOT_FITTED = ("n_exceeds_pool", "n_below_classes", "k_exceeds_n")  # rows with a reason instead
 SWEEP_META_KEY = b"fmprobe_sweep"
 
 
-def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
-    """The result rows of a unit as a table: the columns built at once (one small frame per
-    unit; setting columns one by one cost more than the fits at small n)."""
+@dataclass(frozen=True)
+class Provenance:
+    """The columns every result row carries about how it was computed.
+
+    Attributes
+    ----------
+    split : str
+        ``where:COL=VALUE``, ``col:COL`` or ``frac:F``: how the test split was drawn.
+    group_col : str
+        The ``--group-col`` (``""`` for none).
+    split_seed : int
+    standardize, l2_normalize : bool
+    store_fingerprint : str
+        The dataset fingerprint of the data the rows were computed on.
+    """
+
+    split: str
+    group_col: str
+    split_seed: int
+    standardize: bool
+    l2_normalize: bool
+    store_fingerprint: str
+
+    @classmethod
+    def of(cls, cfg: SweepConfig) -> Provenance:
+        split = (
+            f"where:{cfg.test_where}"
+            if cfg.test_where
+            else f"col:{cfg.split_col}"
+            if cfg.split_col
+            else f"frac:{cfg.test_frac}"
+        )
+        return cls(split=split, group_col=cfg.group_col or "", split_seed=cfg.split_seed,
+                   standardize=cfg.standardize, l2_normalize=cfg.l2_normalize,
+                   store_fingerprint=cfg.store_fingerprint)  # fmt: skip
+
+
+def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig | Provenance) -> pd.DataFrame:
+    """The result rows of a unit as a table of the results schema (``RESULT_COLUMNS``, then
+    the ``Provenance`` columns and the fmprobe version), the columns built at once (one small
+    frame per unit; setting columns one by one cost more than the fits at small n)."""
     from fmprobe import __version__
+
+    prov = cfg if isinstance(cfg, Provenance) else Provenance.of(cfg)
 
     def get(col: str) -> list[Any]:
         return [r.get(col) for r in rows]
@@ -59,13 +103,6 @@ def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
         return np.asarray([np.nan if v is None else v for v in get(col)], dtype=np.float64)
 
     n = len(rows)
-    split = (
-        f"where:{cfg.test_where}"
-        if cfg.test_where
-        else f"col:{cfg.split_col}"
-        if cfg.split_col
-        else f"frac:{cfg.test_frac}"
-    )
     data: dict[str, Any] = {
         "feature": get("feature"),
         "task": get("task"),
@@ -77,6 +114,9 @@ def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
         "auroc": floats("auroc"),
         "auprc": floats("auprc"),
         "balanced_accuracy": floats("balanced_accuracy"),
+        "train_auroc": floats("train_auroc"),
+        "train_auprc": floats("train_auprc"),
+        "train_logloss": floats("train_logloss"),
         "fit_seconds": floats("fit_seconds"),
         "C": floats("C"),
         "C_selection": pd.array(get("C_selection"), dtype="string"),
@@ -85,12 +125,12 @@ def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig) -> pd.DataFrame:
         "status": get("status"),
         "n_test": ints("n_test"),
         "n_classes": ints("n_classes"),
-        "split": [split] * n,
-        "group_col": [cfg.group_col or ""] * n,
-        "split_seed": np.full(n, cfg.split_seed, dtype=np.int64),
-        "standardize": np.full(n, cfg.standardize, dtype=bool),
-        "l2_normalize": np.full(n, cfg.l2_normalize, dtype=bool),
-        "store_fingerprint": [cfg.store_fingerprint] * n,
+        "split": [prov.split] * n,
+        "group_col": [prov.group_col] * n,
+        "split_seed": np.full(n, prov.split_seed, dtype=np.int64),
+        "standardize": np.full(n, prov.standardize, dtype=bool),
+        "l2_normalize": np.full(n, prov.l2_normalize, dtype=bool),
+        "store_fingerprint": [prov.store_fingerprint] * n,
         "fmprobe_version": [__version__] * n,
     }
     if not n:

@@ -19,7 +19,7 @@ import torch
 
 from fmprobe.devices import resolve_device
 from fmprobe.parallel import fault_hook_for_tests
-from fmprobe.probes.batch import C_GRID, fit_score_batch
+from fmprobe.probes.batch import C_GRID, fit_score_batch, training_metrics
 from fmprobe.probes.logreg import kernel_max_n
 from fmprobe.probes.metrics import classification_metrics
 from fmprobe.store import FeatureStore, open_store, read_strings
@@ -145,7 +145,13 @@ def _batch_rows(
     per_probe = r.seconds / (len(seeds) * len(r.variants))
     rows: list[dict[str, Any]] = []
     for v, name in enumerate(r.variants):
+        k = int(name[3:]) if ctx.unit.probe == "knn" else 0
+        if k > n:  # more neighbours asked for than there are labels
+            rows += [{**ctx.base, "probe": name, "n": n, "seed": seed, "status": "k_exceeds_n"}
+                     for seed in seeds]  # fmt: skip
+            continue
         met = {k: val.double().cpu().numpy() for k, val in r.metrics[v].items()}
+        tr = {k: val.double().cpu().numpy() for k, val in r.train_metrics[v].items()}
         test_scores = r.scores[v].to(torch.float32).cpu().numpy()
         for b, seed in enumerate(seeds):
             rows.append(
@@ -158,6 +164,9 @@ def _batch_rows(
                     "auroc": float(met["auroc"][b]),
                     "auprc": float(met["auprc"][b]),
                     "balanced_accuracy": float(met["balanced_accuracy"][b]),
+                    "train_auroc": float(tr["auroc"][b]),
+                    "train_auprc": float(tr["auprc"][b]),
+                    "train_logloss": float(tr["logloss"][b]),
                     "fit_seconds": per_probe,
                     "C": float(r.C[b]) if r.C is not None else None,
                     "C_selection": r.C_selection[b],
@@ -284,7 +293,7 @@ def _attnpool_unit(
 ) -> Iterator[dict[str, Any]]:
     """The attention-pooling probe's (n, seed) problems of a unit: for each n, every seed's
     problem trained at once on the stored tokens (streamed from the store)."""
-    from fmprobe.probes.attnpool import AttnPoolConfig, fit_predict_attnpool
+    from fmprobe.probes.attnpool import AttnPoolConfig, attnpool_scores, fit_attnpool
 
     model, blocks, _ = unit.feature.split("/")
     tokens = [fs.root[f"{model}/{b}/tokens"] for b in blocks.split("+")]
@@ -302,14 +311,21 @@ def _attnpool_unit(
             continue
         t0 = time.perf_counter()
         idx = np.stack([orders[s][:n] for s in unit.seeds])
-        scores, infos = fit_predict_attnpool(
-            tokens=tokens, train_rows=data.pool[idx], y_train=data.y_pool[idx],
-            test_rows=data.test, n_classes=task.n_classes, seeds=list(unit.seeds),
-            config=config, device=device,
-        )  # fmt: skip
+        fitted = fit_attnpool(tokens=tokens, train_rows=data.pool[idx], y_train=data.y_pool[idx],
+                             n_classes=task.n_classes, seeds=list(unit.seeds), config=config,
+                             device=device)  # fmt: skip
+        infos = fitted.problems
+        scores = attnpool_scores(fitted, tokens=tokens, rows=data.test)
         sc = torch.as_tensor(scores, device=device)
         met = classification_metrics(sc, data.y_test, n_classes=task.n_classes, threshold=0.0)
         m = {k: v.double().cpu().numpy() for k, v in met.items()}
+        # the training rows' own scores: every problem scores the union, each keeps its rows
+        union, where = np.unique(data.pool[idx], return_inverse=True)
+        own = attnpool_scores(fitted, tokens=tokens, rows=union)
+        own_t = torch.as_tensor(own[np.arange(len(idx))[:, None], where.reshape(idx.shape)])
+        y_own = torch.as_tensor(data.y_pool[idx])
+        tr = training_metrics(own_t, y_own, n_fit=task.n_classes, probe="attnpool", threshold=0.0)
+        t = {k: v.double().cpu().numpy() for k, v in tr.items()}
         per_probe = (time.perf_counter() - t0) / len(unit.seeds)
         for b, seed in enumerate(unit.seeds):
             y_b = data.y_pool[idx[b]]
@@ -318,6 +334,8 @@ def _attnpool_unit(
                 "n_pos": int((y_b == 1).sum()) if task.n_classes == 2 else None,
                 "auroc": float(m["auroc"][b]), "auprc": float(m["auprc"][b]),
                 "balanced_accuracy": float(m["balanced_accuracy"][b]),
+                "train_auroc": float(t["auroc"][b]), "train_auprc": float(t["auprc"][b]),
+                "train_logloss": float(t["logloss"][b]),
                 "fit_seconds": per_probe, "C": None, "C_selection": "none",
                 "converged": True, "n_iter": int(infos[b].steps),
                 "_scores": np.asarray(scores[b], np.float32),
