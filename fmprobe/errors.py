@@ -41,3 +41,16 @@ def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3) -> str:
     if not matches:
         return ""
     return " (did you mean " + ", ".join(repr(m) for m in matches) + "?)"
+
+
+def first_line(exc: BaseException, *, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name when it has none), for the
+    one-line errors that wrap a library's exception.
+
+    >>> first_line(ValueError("bad value\\nmore detail"))
+    'bad value'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fmprobe.errors import FmprobeError, UsageError
+from fmprobe.errors import FmprobeError, UsageError, first_line
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -58,7 +58,7 @@ def read_table(path: str | Path, *, what: str = "table", id_column: bool = False
         else:
             table = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",")
     except Exception as exc:  # the readers raise many types for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UsageError(f"{what} {str(path)!r} cannot be read as {fmt} ({first})") from None
     if id_column:
         if "id" not in table.columns:

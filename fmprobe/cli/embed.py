@@ -84,6 +84,11 @@ from fmprobe.cli.common import (
     help="Fail on the first unreadable image instead of recording and skipping it.",
 )
 @click.option(
+    "--verify",
+    is_flag=True,
+    help="Read every finished chunk (checksums) and re-embed any that does not decode.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace this model's features (or the whole store if the dataset changed).",
@@ -123,6 +128,8 @@ def embed(**opts: Any) -> None:
             f"{len(report.features)} features in {report.store}",
             err=True,
         )
+    for line in report.repaired:
+        click.echo(f"repaired: {line}", err=True)
     if report.unreadable:
         first = "; ".join(f"{i}: {r}" for i, r in report.unreadable[:3])
         click.echo(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from fmprobe import locks
 from fmprobe.data import Dataset, parse_data
 from fmprobe.devices import resolve_device
 from fmprobe.encoders import POOLS, Encoder, ModelSpec, create_encoder, parse_model_name
@@ -20,7 +21,13 @@ from fmprobe.encoders.base import check_weights_path, file_sha256
 from fmprobe.errors import ModelError, StoreError, UsageError
 from fmprobe.options import check_engine, parse_shard, split_list
 from fmprobe.store import ATTR, FeatureStore
-from fmprobe.store.write import GroupLayout, create_model_group, creation_lock, open_or_create_store
+from fmprobe.store.write import (
+    GroupLayout,
+    create_model_group,
+    creation_lock,
+    open_or_create_store,
+    repair_ledger,
+)
 
 DTYPES = ("float32", "float16")
 
@@ -41,6 +48,8 @@ class EmbedReport:
         Chunks of this shard; those done before the call.
     unreadable : list of (id, reason)
         Images recorded as unreadable.
+    repaired : list of str
+        Chunks found missing or damaged in a finished group, re-embedded by this call.
     seconds, loop_seconds : float
         The whole call (model build included); the embedding loop only.
     device : str
@@ -54,6 +63,7 @@ class EmbedReport:
     chunks_total: int
     chunks_already_done: int
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     seconds: float = 0.0
     loop_seconds: float = 0.0
     device: str = "cpu"
@@ -73,6 +83,7 @@ class EmbedReport:
             "chunks_total": self.chunks_total,
             "chunks_already_done": self.chunks_already_done,
             "unreadable": [{"id": i, "reason": r} for i, r in self.unreadable],
+            "repaired": self.repaired,
             "seconds": round(self.seconds, 3),
             "loop_seconds": round(self.loop_seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
@@ -296,6 +307,7 @@ def embed(
     engine: str = "local",
     address: str | None = None,
     workers: int | None = None,
+    verify: bool = False,
     progress: bool = True,
 ) -> EmbedReport:
     """Embed ``data`` with ``model`` into ``store`` (created if missing, resumed if partial).
@@ -326,6 +338,9 @@ def embed(
         writing disjoint chunks of one store; run the N shards in any order or at once).
     engine : {"local", "ray"}
         ``ray`` runs ``workers`` shards as Ray tasks (one GPU each when the cluster has GPUs).
+    verify : bool
+        Also read every finished chunk (checksums) and re-embed those that do not decode;
+        chunks whose files are missing are always re-embedded.
 
     Returns
     -------
@@ -337,32 +352,73 @@ def embed(
     >>> embed(data="builtin:digits", model="timm:vit_tiny_patch16_224", random_init=True,
     ...       store="digits.zarr")  # doctest: +SKIP
     """
-    import numpy as np
-
-    from fmprobe.embed.shard import ShardRun, embed_chunks
-
     t0 = time.perf_counter()
+    args = dict(data=data, model=model, store=store, layers=layers, pools=pools, tokens=tokens,
+                dtype=dtype, batch_size=batch_size, device=device, num_workers=num_workers,
+                weights=weights, random_init=random_init, model_kwargs=model_kwargs, name=name,
+                chunk_rows=chunk_rows, strict=strict, amp=amp, verify=verify)  # fmt: skip
     plan = _check(model=model, layers=layers, pools=pools, tokens=tokens, dtype=dtype,
                   batch_size=batch_size, weights=weights, random_init=random_init,
                   model_kwargs=model_kwargs, name=name, chunk_rows=chunk_rows,
                   overwrite=overwrite, shard=shard, engine=engine)  # fmt: skip
     dev = resolve_device(device)
     dataset = parse_data(data)
+    folder = locks.lock_dir(store)
+    with (
+        locks.hold(folder / "store.lock" if folder else None, what=f"the store {store!r}",
+                   shared=not overwrite),
+        locks.writer(store, plan.key, what=f"{plan.key!r} in {store!r}", shard=plan.shard),
+    ):  # fmt: skip
+        return _run(plan, dataset, store, dev, args=args, overwrite=overwrite, engine=engine,
+                    address=address, workers=workers, progress=progress, t0=t0)  # fmt: skip
+
+
+def embed_shard(args: dict[str, Any], *, shard: str, progress: bool = False) -> EmbedReport:
+    """``embed(**args, shard=shard)`` without taking the writer's locks: what each Ray task of
+    ``embed --engine ray`` runs while its driver holds them."""
+    t0 = time.perf_counter()
+    plan = _check(model=args["model"], layers=args["layers"], pools=args["pools"],
+                  tokens=args["tokens"], dtype=args["dtype"], batch_size=args["batch_size"],
+                  weights=args["weights"], random_init=args["random_init"],
+                  model_kwargs=args["model_kwargs"], name=args["name"],
+                  chunk_rows=args["chunk_rows"], overwrite=False, shard=shard,
+                  engine="local")  # fmt: skip
+    dev = resolve_device(args["device"])
+    return _run(plan, parse_data(args["data"]), args["store"], dev, args=args, overwrite=False,
+                engine="local", address=None, workers=None, progress=progress, t0=t0)  # fmt: skip
+
+
+def _run(
+    plan: _Plan,
+    dataset: Dataset,
+    store: str,
+    dev: torch.device,
+    *,
+    args: dict[str, Any],
+    overwrite: bool,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    progress: bool,
+    t0: float,
+) -> EmbedReport:
+    """Create or resume the group, repair its ledger, then embed what is pending."""
+    import numpy as np
+
+    from fmprobe.embed.shard import ShardRun, embed_chunks
+
     with creation_lock(store):  # shards started at once create the store and group once
         group, fs, encoder = _prepare_group(dataset, store, plan, overwrite=overwrite, device=dev)
+        damaged = repair_ledger(group, verify=bool(args["verify"])) if encoder is None else []
     meta = group.attrs[ATTR]
+    chunk_rows = plan.request.chunk_rows
     n_chunks = -(-fs.n // chunk_rows)
     resolved, pool_list = tuple(meta["layers"]), tuple(meta["pools"])
     features = [f"{plan.key}/block{i}/{p}" for i in resolved for p in pool_list]
-    features += [f"{plan.key}/block{i}/tokens" for i in resolved] if tokens else []
+    features += [f"{plan.key}/block{i}/tokens" for i in resolved] if plan.request.tokens else []
     if engine == "ray":
         from fmprobe.embed.ray import embed_on_ray
 
-        args = dict(data=data, model=model, store=store, layers=layers, pools=pools,
-                    tokens=tokens, dtype=dtype, batch_size=batch_size, device=device,
-                    num_workers=num_workers, weights=weights, random_init=random_init,
-                    model_kwargs=model_kwargs, name=name, chunk_rows=chunk_rows, strict=strict,
-                    amp=amp)  # fmt: skip
         report = embed_on_ray(args, address=address, workers=workers, n_chunks=n_chunks)
     else:
         shard_i, shard_n = plan.shard
@@ -374,15 +430,16 @@ def embed(
                              chunks_already_done=(hi - lo) - len(pending),
                              device=str(dev))  # fmt: skip
         if pending:
-            run = ShardRun(layers=resolved, pools=pool_list, tokens=tokens, embedding=False,
-                           batch_size=batch_size, chunk_rows=chunk_rows, device=dev,
-                           num_workers=num_workers, strict=strict, amp=amp,
-                           progress=progress)  # fmt: skip
+            run = ShardRun(layers=resolved, pools=pool_list, tokens=plan.request.tokens,
+                           embedding=False, batch_size=args["batch_size"], chunk_rows=chunk_rows,
+                           device=dev, num_workers=args["num_workers"], strict=args["strict"],
+                           amp=args["amp"], progress=progress)  # fmt: skip
             report.rows_embedded, report.loop_seconds = embed_chunks(
                 encoder or _build(plan, dev), dataset, group, pending=pending, run=run,
                 label=plan.key,
             )  # fmt: skip
     report.features = features
+    report.repaired = [d.text() for d in damaged]
     report.unreadable = list(fs.errors(plan.key).itertuples(index=False, name=None))
     report.seconds = time.perf_counter() - t0
     return report

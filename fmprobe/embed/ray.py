@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmprobe.embed.api import EmbedReport, embed
+from fmprobe.embed.api import EmbedReport, embed_shard
 from fmprobe.errors import FmprobeError
 from fmprobe.parallel import ray_session
 
@@ -22,7 +22,7 @@ def _embed_shard(args: dict[str, Any], shard: str, threads: int) -> dict[str, An
 
     if threads:
         torch.set_num_threads(threads)
-    return embed(**args, shard=shard, progress=False).to_dict()
+    return embed_shard(args, shard=shard).to_dict()
 
 
 def embed_on_ray(

@@ -15,6 +15,7 @@ Layout (documented in the README; readable with ``zarr.open_group`` alone)::
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from fmprobe.errors import StoreError, did_you_mean
-
-FORMAT_VERSION = 1
-ATTR = "fmprobe"
+from fmprobe.errors import StoreError, did_you_mean, first_line
+from fmprobe.store.integrity import read_checked
+from fmprobe.store.layout import ATTR
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,22 @@ class FeatureStore:
         return arr
 
     def read_feature(self, key: str) -> np.ndarray:
-        """Load feature ``key`` as a numpy array (rows in store order)."""
-        return np.asarray(self.feature(key)[...])
+        """Load feature ``key`` as a numpy array (rows in store order); a chunk that is missing
+        or does not decode is refused with one line naming the rows and the fix."""
+        arr = self.feature(key)
+        embedded = arr.attrs.get(ATTR, {}).get("model") is not None
+        return read_checked(arr, key, path=self.path, embedded=embedded)
+
+    def feature_identity(self, key: str) -> str:
+        """What names the content of feature ``key``: the generation written with it (a new one
+        whenever it is embedded or imported anew), or for arrays of older stores a digest of
+        their bytes. Results computed from a feature are valid while its identity holds."""
+        arr = self.feature(key)
+        identity = arr.attrs.get(ATTR, {}).get("identity")
+        if identity:
+            return str(identity)
+        digest = hashlib.sha256(np.ascontiguousarray(self.read_feature(key)).tobytes())
+        return "sha256:" + digest.hexdigest()
 
     def errors(self, model: str) -> pd.DataFrame:
         """Rows of ``model`` whose image could not be read: columns ``id`` and ``reason``."""
@@ -181,10 +195,22 @@ def open_store(path: str | Path, *, mode: str = "r") -> FeatureStore:
         )
     try:
         root = zarr.open_group(path, mode=mode)
-    except Exception as exc:
-        raise StoreError(f"{path!r} is not a Zarr group ({exc}); pass a feature store") from None
-    if ATTR not in root.attrs or "samples" not in root:
-        raise StoreError(f"{path!r} is a Zarr group but not an fmprobe feature store")
+        meta = root.attrs.get(ATTR)
+        has_ids = "samples" in root and "id" in root["samples"]
+    except Exception as exc:  # a damaged zarr.json raises JSON, key or value errors
+        first = first_line(exc)
+        raise StoreError(
+            f"{path!r} is not a readable Zarr group ({first}); pass a feature store, or rebuild "
+            "it with `fmprobe embed --overwrite`"
+        ) from None
+    if meta is None or not has_ids:
+        what = (
+            "its samples/id array is missing" if meta is not None else "it has no fmprobe metadata"
+        )
+        raise StoreError(
+            f"{path!r} is a Zarr group but not a complete fmprobe feature store ({what}); "
+            "rebuild it with `fmprobe embed --overwrite` or `fmprobe store import`"
+        )
     return FeatureStore(root, path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ import zarr
 
 from fmprobe.errors import StoreError
 from fmprobe.parallel import fault_hook_for_tests
-from fmprobe.store.core import ATTR, FORMAT_VERSION, FeatureStore, open_store, store_exists
+from fmprobe.store.core import FeatureStore, open_store, store_exists
+from fmprobe.store.integrity import Damage, missing_chunks, undecodable_chunks
+from fmprobe.store.layout import ATTR, FORMAT_VERSION, feature_array_options
 
 
 def write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
@@ -40,7 +43,9 @@ def write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
         else:
             values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
         dtype: Any = str if values.dtype.kind == "U" else values.dtype
-        arr = group.create_array(str(name), shape=(n,), chunks=(chunk,), dtype=dtype)
+        arr = group.create_array(
+            str(name), shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("sample",)
+        )
         arr[:] = values
         columns[str(name)] = str(col.dtype)
     group.attrs[ATTR] = {"columns": columns}
@@ -150,22 +155,47 @@ def create_model_group(
     group.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
     group.create_array("_error", shape=(n,), chunks=(rows,), dtype=str)
 
+    generation = "gen:" + uuid.uuid4().hex  # a new one whenever the group is made anew
+
     def feature(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
-                **attrs: Any) -> None:  # fmt: skip
-        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan)
-        arr.attrs[ATTR] = {"kind": "feature", "model": key, **attrs}
+                dims: tuple[str, ...], **attrs: Any) -> None:  # fmt: skip
+        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan,
+                                 **feature_array_options(dims))  # fmt: skip
+        arr.attrs[ATTR] = {"kind": "feature", "model": key, "identity": generation, **attrs}
 
     for layer, d, p in zip(layout.layers, layout.widths, layout.tokens_per_layer, strict=True):
         for pool in layout.pools:
-            feature(f"block{layer}/{pool}", (n, d), (rows, d), layout.dtype, layer=layer, pool=pool)
+            feature(f"block{layer}/{pool}", (n, d), (rows, d), layout.dtype,
+                    ("sample", "feature"), layer=layer, pool=pool)  # fmt: skip
         if layout.tokens:
             feature(f"block{layer}/tokens", (n, p, d), (min(rows, 64), p, d), "float16",
-                    layer=layer, pool="tokens")  # fmt: skip
+                    ("sample", "token", "feature"), layer=layer, pool="tokens")  # fmt: skip
     if layout.embedding_width is not None:
         w = layout.embedding_width
-        feature("embedding", (n, w), (rows, w), layout.dtype, layer=None, pool="embedding")
-    group.attrs[ATTR] = {"kind": "model", **meta}
+        feature("embedding", (n, w), (rows, w), layout.dtype, ("sample", "embedding"),
+                layer=None, pool="embedding")  # fmt: skip
+    group.attrs[ATTR] = {"kind": "model", "generation": generation, **meta}
     return group
+
+
+def repair_ledger(group: zarr.Group, *, verify: bool = False) -> list[Damage]:
+    """Mark as not done every ledger chunk whose rows are missing from one of the group's
+    feature arrays (with ``verify``, also those whose rows do not decode), so that the embed
+    that resumes the group re-embeds exactly them. Returns what was found."""
+    done = np.asarray(group["_done"][:])
+    rows = int(group.attrs.get(ATTR, {}).get("chunk_rows") or group["_error"].chunks[0])
+    found: list[Damage] = []
+    for path, arr in group.members(max_depth=None):
+        if not isinstance(arr, zarr.Array) or arr.attrs.get(ATTR, {}).get("kind") != "feature":
+            continue
+        found += missing_chunks(arr, path)
+        if verify:
+            found += undecodable_chunks(arr, path)
+    bad = sorted({c for d in found for c in range(d.start // rows, -(-d.stop // rows))})
+    bad = [c for c in bad if done[c]]
+    for c in bad:
+        group["_done"][c] = False
+    return found
 
 
 @dataclass

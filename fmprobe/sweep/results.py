@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmprobe.errors import UsageError
+from fmprobe.errors import UsageError, first_line
 from fmprobe.sweep.config import SweepConfig
 from fmprobe.sweep.plan import Unit, plan_units
 from fmprobe.sweep.tasks import Task
@@ -211,7 +211,7 @@ def _read_shard(path: str) -> tuple[dict[str, Any], pd.DataFrame]:
         md = pq.read_schema(path).metadata or {}
         frame = pd.read_parquet(path)
     except Exception as exc:  # a damaged or foreign file: pyarrow raises several types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UsageError(
             f"sweep merge: {path!r} is not a readable Parquet table ({first})"
         ) from None
