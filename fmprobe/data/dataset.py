@@ -20,7 +20,9 @@ import pandas as pd
 from PIL import Image
 
 from fmprobe.data.arrays import IMAGES_KEY, ArrayFileContents, read_contents
-from fmprobe.data.images import IMAGE_SUFFIXES, short_reason
+from fmprobe.data.dicom import has_dicom_magic
+from fmprobe.data.images import IMAGE_SUFFIXES
+from fmprobe.data.pixels import short_reason
 from fmprobe.data.sources import ArrayImages, FileImages, ImageSource, MemoryImages
 from fmprobe.errors import DataError, did_you_mean
 
@@ -28,6 +30,7 @@ BUILTINS = ("builtin:digits",)
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 ARRAY_SUFFIXES = (".h5", ".hdf5", ".npz")
 KINDS = ("builtin", "folder", "manifest", "array")
+DICOMDIR = "DICOMDIR"
 FINGERPRINT_VERSION = "fmprobe.dataset/1"
 ACCEPTED = (
     "an image folder, a manifest (.csv, .parquet), an array file (.h5, .hdf5, .npz) "
@@ -178,15 +181,29 @@ def _builtin(spec: str) -> Dataset:
 
 
 def _list_images(root: Path) -> list[str]:
-    """Image files below ``root`` (relative POSIX paths, sorted), skipping hidden entries."""
+    """Image files below ``root`` (relative POSIX paths, sorted), skipping hidden entries.
+
+    A file is an image by its suffix, or, whatever its name, by the ``DICM`` magic of a DICOM
+    file (PACS exports name files by UID or number); only those 132 bytes are read. A
+    ``DICOMDIR`` (the index of a DICOM medium, no image) is left out.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if name.startswith(".") or name.upper() == DICOMDIR:
+                continue
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES or has_dicom_magic(Path(dirpath) / name):
                 found.append((rel_dir / name).as_posix())
     return sorted(found)
+
+
+def _file_id(rel: str) -> str:
+    """The relative path without an image suffix; other names are kept whole (a DICOM file
+    named ``1.2.840.113619.2.55.3.2831164355.320`` keeps its last part)."""
+    stem, suffix = posixpath.splitext(rel)
+    return stem if suffix.lower() in IMAGE_SUFFIXES else rel
 
 
 def _folder(spec: str, root: Path) -> Dataset:
@@ -194,11 +211,11 @@ def _folder(spec: str, root: Path) -> Dataset:
     files = _list_images(root)
     if not files:
         raise DataError(
-            f"{where}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-            "point --data at the folder of images or pass a manifest"
+            f"{where}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}, "
+            "or DICOM files of any name); point --data at the folder of images or pass a manifest"
         )
     loose = [f for f in files if "/" not in f]
-    data: dict[str, Any] = {"id": [_strip_suffix(f) for f in files]}
+    data: dict[str, Any] = {"id": [_file_id(f) for f in files]}
     if loose and len(loose) != len(files):
         raise DataError(
             f"{where}: {len(loose)} images lie directly in the folder (e.g. {_examples(loose)})"

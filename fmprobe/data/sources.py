@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from fmprobe.data.arrays import LazyArray
-from fmprobe.data.images import read_image, to_rgb
+from fmprobe.data.images import read_image
+from fmprobe.data.pixels import to_rgb
 
 
 class ImageSource(Protocol):
