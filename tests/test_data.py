@@ -744,6 +744,79 @@ def test_array_dataset_pickles_and_works_in_worker_processes(tmp_path: Path, nam
         np.testing.assert_array_equal(got[i], np.asarray(ds.load(i)))
 
 
+# --- MedMNIST's one-file layout ------------------------------------------------------------
+
+# medmnist/info.py (MedMNIST v2.1.0), INFO["chestmnist"]["label"] in index order
+CHESTMNIST_LABELS = ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+                     "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema",
+                     "fibrosis", "pleural", "hernia"]  # fmt: skip
+MEDMNIST_COUNTS = {"train": 7, "val": 3, "test": 5}
+
+
+def write_medmnist(path: Path, *, k: int = 1, channels: int = 0, compressed: bool = True) -> dict:
+    """A file exactly as MedMNIST ships one: ``<split>_images`` uint8 (N, 28, 28) or
+    (N, 28, 28, 3), ``<split>_labels`` uint8 (N, K), nothing else."""
+    rng = np.random.default_rng(k + channels)
+    arrays: dict[str, np.ndarray] = {}
+    for split, n in MEDMNIST_COUNTS.items():
+        shape = (n, 28, 28, channels) if channels else (n, 28, 28)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2 if k > 1 else 9, (n, k), dtype=np.uint8)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return arrays
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_medmnist_file_with_the_official_split(tmp_path: Path, compressed: bool) -> None:
+    arrays = write_medmnist(tmp_path / "pathmnist.npz", channels=3, compressed=compressed)
+    ds = parse_data(tmp_path / "pathmnist.npz")
+    assert ds.kind == "array" and list(ds.table.columns) == ["id", "split", "label"]
+    splits = [s for s, n in MEDMNIST_COUNTS.items() for _ in range(n)]
+    assert ds.table["split"].tolist() == splits
+    assert ds.ids[:2] == ["train-000000", "train-000001"] and ds.ids[-1] == "test-000004"
+    labels = np.concatenate([arrays[f"{s}_labels"][:, 0] for s in MEDMNIST_COUNTS])
+    np.testing.assert_array_equal(ds.table["label"], labels)
+    for i, (split, row) in enumerate((s, r) for s, n in MEDMNIST_COUNTS.items() for r in range(n)):
+        expected = Image.fromarray(arrays[f"{split}_images"][row]).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(ds.load(i)), np.asarray(expected))
+    copy = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(np.asarray(copy.load(12)), np.asarray(ds.load(12)))
+
+
+def test_medmnist_multi_label_columns_are_named_as_medmnist_names_them(tmp_path: Path) -> None:
+    for name in ("chestmnist.npz", "chestmnist_224.npz"):  # MedMNIST v2 and MedMNIST+ names
+        arrays = write_medmnist(tmp_path / name, k=14)
+        ds = parse_data(tmp_path / name)
+        assert list(ds.table.columns) == ["id", "split", *CHESTMNIST_LABELS]
+        labels = np.concatenate([arrays[f"{s}_labels"] for s in MEDMNIST_COUNTS])
+        for j, finding in enumerate(CHESTMNIST_LABELS):
+            np.testing.assert_array_equal(ds.table[finding], labels[:, j])
+        assert rgb(ds.load(7)).tolist() == arrays["val_images"][0].astype(int).tolist()
+    write_medmnist(tmp_path / "mine.npz", k=3)
+    assert list(parse_data(tmp_path / "mine.npz").table.columns) == [
+        "id", "split", "label_0", "label_1", "label_2"]  # fmt: skip
+
+
+def test_medmnist_fingerprint_sees_every_split(tmp_path: Path) -> None:
+    arrays = write_medmnist(tmp_path / "a.npz")
+    fp = parse_data(tmp_path / "a.npz").fingerprint()
+    arrays["val_images"][2, 5, 5] ^= 1
+    np.savez_compressed(tmp_path / "a.npz", **arrays)
+    assert parse_data(tmp_path / "a.npz").fingerprint() != fp
+
+
+def test_medmnist_bad_layouts_give_one_line(tmp_path: Path) -> None:
+    arrays = write_medmnist(tmp_path / "a.npz")
+    del arrays["val_labels"]
+    np.savez(tmp_path / "b.npz", **arrays)
+    with pytest.raises(DataError, match=r"`val_labels` is missing but `val_images` has 3 images"):
+        parse_data(tmp_path / "b.npz")
+    volumes = {f"{s}_images": np.zeros((2, 28, 28, 28), np.uint8) for s in MEDMNIST_COUNTS}
+    np.savez(tmp_path / "organmnist3d.npz", **volumes)
+    with pytest.raises(DataError, match=r"3-D volumes"):
+        parse_data(tmp_path / "organmnist3d.npz")
+
+
 # --- bad input: one line naming the problem ----------------------------------------------------
 
 Setup = Callable[[Path], "str | Path"]

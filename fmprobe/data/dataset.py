@@ -22,6 +22,7 @@ from PIL import Image
 from fmprobe.data.arrays import IMAGES_KEY, ArrayFileContents, read_contents
 from fmprobe.data.dicom import has_dicom_magic
 from fmprobe.data.images import IMAGE_SUFFIXES
+from fmprobe.data.medmnist import is_medmnist, read_layout
 from fmprobe.data.pixels import short_reason
 from fmprobe.data.sources import ArrayImages, FileImages, ImageSource, MemoryImages
 from fmprobe.errors import DataError, did_you_mean
@@ -375,9 +376,17 @@ def _array_id_key(columns: dict[str, np.ndarray], *, id_col: str, where: str) ->
     return key
 
 
+def _medmnist(spec: str, path: Path, contents: ArrayFileContents) -> Dataset:
+    layout = read_layout(contents, path=path, where=f"--data {spec!r}")
+    source = ArrayImages.open(str(path.resolve()), keys=layout.keys, counts=layout.counts)
+    return Dataset(spec=spec, kind="array", table=layout.table, source=source)
+
+
 def _arrays(spec: str, path: Path, *, id_col: str) -> Dataset:
     where = f"--data {spec!r}"
     contents = _read_array_file(path, where=where)
+    if is_medmnist(contents):
+        return _medmnist(spec, path, contents)
     n = _check_images(contents, where=where)
     _check_columns(contents, n, where=where)
     columns = dict(contents.columns)
