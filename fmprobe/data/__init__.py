@@ -13,6 +13,8 @@ CONTRACT (implemented in this package; the embed pipeline relies on it):
       optional ``id`` column (default: path without suffix), other columns = labels/metadata.
     - ``*.h5`` / ``*.hdf5`` / ``*.npz``: an ``images`` array (N,H,W) or (N,H,W,C) (uint8,
       uint16 or float), optional ``ids``; every other 1-D array of length N becomes a column.
+      MedMNIST's layout (``train_images``, ``val_images``, ``test_images``, ``<split>_labels``)
+      is read as one table with a ``split`` column (:mod:`fmprobe.data.medmnist`).
     Errors (``fmprobe.errors.DataError``, one line naming the fix): path not found, unknown
     format, manifest unreadable or without ``path``, duplicate ids, files listed but missing,
     empty dataset.
