@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fmprobe-installed
 DEMO ?= out/demo
 DEMO_MODEL ?= timm:vit_tiny_patch16_224
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs bench clean chromium
 
 install: $(STAMP)
 
@@ -57,7 +57,22 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint docs
+# The report's browser test lays the page out in headless Chromium (it skips without one):
+# Debian's package, installed here when missing and the user is root.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: installing Debian's package for the report's browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
+			|| echo "chromium: apt-get failed; the report's browser test will skip"; \
+	else \
+		echo "chromium: not installed, and installing it needs apt-get as root;" \
+			"the report's browser test will skip"; \
+	fi
+
+test: lint docs chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from fmprobe.cli import main
 from fmprobe.data import Dataset, parse_data, read_image
+from fmprobe.data.dicom import is_dicom
 from fmprobe.errors import DataError, ImageReadError
 
 
@@ -298,6 +304,230 @@ def test_pydicom_bundled_palette_colour() -> None:
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1
 
 
+def bundled_files() -> list[Path]:
+    """Every DICOM file pydicom ships in its wheel (by suffix or magic), without the downloads
+    ``get_testdata_files`` would also try."""
+    from pydicom.data import DATA_ROOT
+
+    root = Path(DATA_ROOT) / "test_files"
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_dicom(p))
+
+
+def pydicom_reference(path: Path) -> np.ndarray:
+    """The first frame as pydicom maps it: ``pixel_array``, then ``apply_modality_lut`` and
+    ``apply_voi_lut`` (grey), ``apply_color_lut`` (palette), scaled to 0..255 by the range
+    pydicom's own output can take; MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    with warnings.catch_warnings():  # the reference's own warnings are not under test
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, force=True)
+        arr = np.asarray(ds.pixel_array)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    frame = arr[0] if frames > 1 else arr
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if frame.ndim == 3:  # colour: 8 bits as they are, deeper by Bits Stored
+        if frame.dtype == np.uint8:
+            return frame.astype(int)
+        return by_hand(frame, 0, 2 ** int(ds.BitsStored) - 1)
+    if photometric == "PALETTE COLOR":
+        rgb = np.asarray(apply_color_lut(frame, ds))
+        return rgb.astype(int) if rgb.dtype == np.uint8 else by_hand(rgb, 0, 65535)
+    values = np.asarray(apply_modality_lut(frame, ds), dtype=float)
+    if "VOILUTSequence" in ds:
+        out = np.asarray(apply_voi_lut(values, ds), dtype=float)
+        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=float)
+        grey = by_hand(out, lut.min(), lut.max())
+    elif "WindowCenter" in ds:
+        out = np.asarray(apply_voi_lut(values, ds), dtype=float)
+        # the window's output range: what pydicom maps the far ends of any input to
+        ends = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds), dtype=float)
+        grey = by_hand(out, ends.min(), ends.max())
+    else:
+        grey = by_hand(values, values.min(), values.max())
+    return 255 - grey if photometric == "MONOCHROME1" else grey
+
+
+def pydicom_fails(path: Path) -> str | None:
+    """pydicom's own reason for not giving pixels (None when it decodes them); a file without
+    a transfer syntax gets the one its encoding implies, as fmprobe documents."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+            if "PixelData" not in ds:
+                return "no pixel data"
+            if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding[1]:
+                implicit = ds.original_encoding[0]
+                ds.file_meta.TransferSyntaxUID = (
+                    ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+                )
+            ds.pixel_array  # noqa: B018
+    except Exception as exc:
+        return str(exc).splitlines()[-1].strip()
+    return None
+
+
+# The compressions issue 19 named, by a bundled file each: they must decode (with the
+# ``dicom`` extra installed), not be recorded unreadable.
+MUST_DECODE = {
+    "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "JPEGLSNearLossless_16.dcm": "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless, 16 bits
+    "SC_rgb_jpeg_gdcm.dcm": "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
+    "JPGExtended.dcm": "1.2.840.10008.1.2.4.51",  # JPEG Extended, 12 bits
+    "JPEG2000.dcm": "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",  # RLE
+}
+
+
+def test_every_bundled_pydicom_file_decodes_as_pydicom_does_or_says_why() -> None:
+    import pydicom
+
+    files = bundled_files()
+    assert len(files) > 100  # the 78 .dcm files and the DICOMDIR test tree of pydicom 3
+    decoded, refused = [], {}
+    for path in files:
+        try:
+            img = read_image(path)
+        except ImageReadError as exc:
+            refused[path] = str(exc)
+            continue
+        ref = pydicom_reference(path)
+        got = np.asarray(img).astype(int)
+        if ref.ndim == 2:
+            got = rgb(img)
+        assert got.shape == ref.shape, path.name
+        assert np.abs(got - ref).max() <= 1, path.name
+        decoded.append(path)
+    for path, reason in refused.items():
+        theirs = pydicom_fails(path)
+        assert theirs is not None, f"{path.name}: pydicom decodes it, fmprobe says {reason!r}"
+        assert "\n" not in reason and len(reason) <= 320, reason
+        if theirs == "no pixel data":
+            assert "no pixel data" in reason or "not a DICOM file" in reason, reason
+        else:  # the decoder's own words, not a generic message
+            assert theirs[:40] in reason or theirs.split(": ")[-1][:40] in reason, (reason, theirs)
+    names = {p.name for p in decoded}
+    for name, syntax in MUST_DECODE.items():
+        assert name in names, refused.get(Path(bundled(name)))
+        ds = pydicom.dcmread(bundled(name), stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == syntax
+    print(f"{len(decoded)} decoded, {len(refused)} unreadable of {len(files)}")
+
+
+def test_unreadable_reasons_of_known_bad_files() -> None:
+    cases = {
+        "rtplan.dcm": "DICOM holds no pixel data (RT Plan Storage): not an image",
+        "MR_truncated.dcm": "less than expected (8130 vs 8192 bytes)",
+        "JPEG-lossy.dcm": "scan start must be zero",  # an invalid 12-bit JPEG stream
+        "dicomdirtests/DICOMDIR": "no pixel data (Media Storage Directory Storage)",
+    }
+    from pydicom.data import DATA_ROOT
+
+    for name, words in cases.items():
+        with pytest.raises(ImageReadError, match=re.escape(words)):
+            read_image(Path(DATA_ROOT) / "test_files" / name)
+
+
+def test_without_the_dicom_extra_the_reason_names_it(tmp_path: Path) -> None:
+    """pylibjpeg and its plugins hidden from a fresh interpreter, as on an install without
+    ``fmprobe[dicom]``: JPEG-LS has no decoder left, 12-bit JPEG only Pillow's (which fails)."""
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("pylibjpeg", "libjpeg", "openjpeg"):
+                    raise ImportError(name)
+        sys.meta_path.insert(0, Hide())
+        from fmprobe.data import read_image
+        for path in sys.argv[1:]:
+            try:
+                read_image(path)
+                print("decoded")
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+        """
+    )
+    files = [
+        bundled(n) for n in ("MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm", "MR_small.dcm")
+    ]
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code, *files], capture_output=True,
+                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert out[0].startswith("ImageReadError") and "pip install 'fmprobe[dicom]'" in out[0]
+    assert "JPEG-LS Lossless" in out[0]
+    assert out[1].startswith("ImageReadError") and "pip install 'fmprobe[dicom]'" in out[1]
+    assert "12-bit precision" in out[1]  # Pillow's own reason comes first
+    assert out[2] == "decoded"  # uncompressed files need no extra
+
+
+def test_pydicom_warnings_are_kept_not_shown() -> None:
+    """Both files make pydicom warn (excess padding; explicit VR read as implicit); with
+    warnings as errors (pytest's setting) they still decode, the warnings kept on the image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        padded = read_image(bundled("MR_small_padded.dcm"))
+        implicit = read_image(bundled("SC_rgb_jpeg.dcm"))
+    assert "padding" in " ".join(padded.info["dicom_warnings"])
+    assert "implicit VR" in " ".join(implicit.info["dicom_warnings"])
+    assert np.abs(rgb(padded) - pydicom_reference(Path(bundled("MR_small_padded.dcm")))).max() <= 1
+
+
+def test_folder_finds_dicom_files_without_a_suffix(tmp_path: Path) -> None:
+    """A PACS-style export (pydicom's DICOMDIR test tree: patient/series/instance number),
+    with a DICOMDIR, a README and a UID-named file beside the images."""
+    from pydicom.data import DATA_ROOT
+
+    tree = Path(DATA_ROOT) / "test_files" / "dicomdirtests"
+    root = tmp_path / "export"
+    for patient in ("77654033", "98892001"):
+        shutil.copytree(tree / patient, root / patient)
+    shutil.copy(tree / "DICOMDIR", root / "DICOMDIR")
+    (root / "77654033" / "README").write_text("exported by a PACS\n" * 20)
+    uid_name = "1.2.840.113619.2.55.3.604688119.969.320"
+    shutil.copy(tree / "77654033" / "CR1" / "6154", root / "98892001" / uid_name)
+    expected = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in ("README", "DICOMDIR")
+    )
+    assert len(expected) == 15  # 7 + 7 instances and the UID-named copy
+    ds = parse_data(root)
+    assert ds.ids == expected  # whole names: no suffix stripped from "....969.320"
+    assert f"98892001/{uid_name}" in ds.ids
+    assert ds.table["label"].tolist() == [p.split("/", 1)[0] for p in expected]
+    for i, rel in enumerate(ds.ids):
+        ref = pydicom_reference(root / rel)
+        assert np.abs(rgb(ds.load(i)) - ref).max() <= 1, rel
+
+
+def test_embed_records_non_images_and_shows_no_pydicom_warning(tmp_path: Path) -> None:
+    from conftest import TINY_VIT
+
+    root = tmp_path / "d"
+    for label, names in {"a": ["MR_small_padded.dcm", "rtplan.dcm"],
+                         "b": ["SC_rgb_jpeg.dcm", "CT_small.dcm"]}.items():  # fmt: skip
+        (root / label).mkdir(parents=True)
+        for name in names:
+            shutil.copy(bundled(name), root / label / name)
+    args = ["embed", "--data", str(root), "--model", "timm:vit_tiny_patch16_224",
+            "--random-init", "--model-kwargs", json.dumps(TINY_VIT), "--store",
+            str(tmp_path / "s.zarr"), "--num-workers", "0", "--quiet", "--json"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "warn" not in res.stderr.lower(), res.stderr
+    report = json.loads(res.stdout)
+    assert report["unreadable"] == [
+        {"id": "a/rtplan", "reason": "DICOM holds no pixel data (RT Plan Storage): not an image"}
+    ]
+    assert report["rows_embedded"] == 4
+
+
 # --- unreadable images -------------------------------------------------------------------------
 
 
@@ -512,6 +742,79 @@ def test_array_dataset_pickles_and_works_in_worker_processes(tmp_path: Path, nam
     np.testing.assert_array_equal(got[0], first)
     for i in range(4):
         np.testing.assert_array_equal(got[i], np.asarray(ds.load(i)))
+
+
+# --- MedMNIST's one-file layout ------------------------------------------------------------
+
+# medmnist/info.py (MedMNIST v2.1.0), INFO["chestmnist"]["label"] in index order
+CHESTMNIST_LABELS = ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+                     "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema",
+                     "fibrosis", "pleural", "hernia"]  # fmt: skip
+MEDMNIST_COUNTS = {"train": 7, "val": 3, "test": 5}
+
+
+def write_medmnist(path: Path, *, k: int = 1, channels: int = 0, compressed: bool = True) -> dict:
+    """A file exactly as MedMNIST ships one: ``<split>_images`` uint8 (N, 28, 28) or
+    (N, 28, 28, 3), ``<split>_labels`` uint8 (N, K), nothing else."""
+    rng = np.random.default_rng(k + channels)
+    arrays: dict[str, np.ndarray] = {}
+    for split, n in MEDMNIST_COUNTS.items():
+        shape = (n, 28, 28, channels) if channels else (n, 28, 28)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2 if k > 1 else 9, (n, k), dtype=np.uint8)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return arrays
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_medmnist_file_with_the_official_split(tmp_path: Path, compressed: bool) -> None:
+    arrays = write_medmnist(tmp_path / "pathmnist.npz", channels=3, compressed=compressed)
+    ds = parse_data(tmp_path / "pathmnist.npz")
+    assert ds.kind == "array" and list(ds.table.columns) == ["id", "split", "label"]
+    splits = [s for s, n in MEDMNIST_COUNTS.items() for _ in range(n)]
+    assert ds.table["split"].tolist() == splits
+    assert ds.ids[:2] == ["train-000000", "train-000001"] and ds.ids[-1] == "test-000004"
+    labels = np.concatenate([arrays[f"{s}_labels"][:, 0] for s in MEDMNIST_COUNTS])
+    np.testing.assert_array_equal(ds.table["label"], labels)
+    for i, (split, row) in enumerate((s, r) for s, n in MEDMNIST_COUNTS.items() for r in range(n)):
+        expected = Image.fromarray(arrays[f"{split}_images"][row]).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(ds.load(i)), np.asarray(expected))
+    copy = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(np.asarray(copy.load(12)), np.asarray(ds.load(12)))
+
+
+def test_medmnist_multi_label_columns_are_named_as_medmnist_names_them(tmp_path: Path) -> None:
+    for name in ("chestmnist.npz", "chestmnist_224.npz"):  # MedMNIST v2 and MedMNIST+ names
+        arrays = write_medmnist(tmp_path / name, k=14)
+        ds = parse_data(tmp_path / name)
+        assert list(ds.table.columns) == ["id", "split", *CHESTMNIST_LABELS]
+        labels = np.concatenate([arrays[f"{s}_labels"] for s in MEDMNIST_COUNTS])
+        for j, finding in enumerate(CHESTMNIST_LABELS):
+            np.testing.assert_array_equal(ds.table[finding], labels[:, j])
+        assert rgb(ds.load(7)).tolist() == arrays["val_images"][0].astype(int).tolist()
+    write_medmnist(tmp_path / "mine.npz", k=3)
+    assert list(parse_data(tmp_path / "mine.npz").table.columns) == [
+        "id", "split", "label_0", "label_1", "label_2"]  # fmt: skip
+
+
+def test_medmnist_fingerprint_sees_every_split(tmp_path: Path) -> None:
+    arrays = write_medmnist(tmp_path / "a.npz")
+    fp = parse_data(tmp_path / "a.npz").fingerprint()
+    arrays["val_images"][2, 5, 5] ^= 1
+    np.savez_compressed(tmp_path / "a.npz", **arrays)
+    assert parse_data(tmp_path / "a.npz").fingerprint() != fp
+
+
+def test_medmnist_bad_layouts_give_one_line(tmp_path: Path) -> None:
+    arrays = write_medmnist(tmp_path / "a.npz")
+    del arrays["val_labels"]
+    np.savez(tmp_path / "b.npz", **arrays)
+    with pytest.raises(DataError, match=r"`val_labels` is missing but `val_images` has 3 images"):
+        parse_data(tmp_path / "b.npz")
+    volumes = {f"{s}_images": np.zeros((2, 28, 28, 28), np.uint8) for s in MEDMNIST_COUNTS}
+    np.savez(tmp_path / "organmnist3d.npz", **volumes)
+    with pytest.raises(DataError, match=r"3-D volumes"):
+        parse_data(tmp_path / "organmnist3d.npz")
 
 
 # --- bad input: one line naming the problem ----------------------------------------------------

@@ -21,6 +21,8 @@ import numpy as np
 NPZ_SUFFIX = ".npz"
 HDF5_SUFFIXES = (".h5", ".hdf5")
 IMAGES_KEY = "images"
+SPLITS = ("train", "val", "test")  # MedMNIST's ``<split>_images`` / ``<split>_labels``
+LABELS_SUFFIX = "labels"
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # PKZIP local file header, 30 bytes
 _CHUNK_BYTES = 1 << 26
 
@@ -43,10 +45,14 @@ class ArrayFileContents:
         Key → :class:`ArrayInfo` for every array at the top level of the file.
     columns : dict
         Key → values (strings decoded to ``str``) for every 1-D array other than ``images``.
+    matrices : dict
+        Key → values for every 2-D numeric label array (a key ``labels`` or ending in
+        ``_labels``: MedMNIST's (N, 1) and multi-label (N, K) arrays).
     """
 
     infos: dict[str, ArrayInfo]
     columns: dict[str, np.ndarray] = field(repr=False)
+    matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def is_npz(path: Path | str) -> bool:
@@ -62,6 +68,16 @@ def read_contents(path: Path) -> ArrayFileContents:
         From numpy or h5py when the file cannot be read; the caller words the error.
     """
     return _npz_contents(path) if is_npz(path) else _hdf5_contents(path)
+
+
+def is_image_key(key: str) -> bool:
+    """``images`` or MedMNIST's ``<split>_images``."""
+    return key == IMAGES_KEY or key in {f"{s}_{IMAGES_KEY}" for s in SPLITS}
+
+
+def _is_label_matrix(key: str, info: ArrayInfo) -> bool:
+    is_labels = key == LABELS_SUFFIX or key.endswith("_" + LABELS_SUFFIX)
+    return is_labels and len(info.shape) == 2 and info.dtype.kind in "uifb"
 
 
 def _decode_strings(values: np.ndarray) -> np.ndarray:
@@ -94,11 +110,12 @@ def _npz_contents(path: Path) -> ArrayFileContents:
     wanted = [
         k
         for k, info in infos.items()
-        if k != IMAGES_KEY and len(info.shape) == 1 and not info.dtype.hasobject
+        if not is_image_key(k) and len(info.shape) == 1 and not info.dtype.hasobject
     ]
     with np.load(path, allow_pickle=False) as z:
         columns = {k: _decode_strings(np.asarray(z[k])) for k in wanted}
-    return ArrayFileContents(infos=infos, columns=columns)
+        matrices = {k: np.asarray(z[k]) for k, i in infos.items() if _is_label_matrix(k, i)}
+    return ArrayFileContents(infos=infos, columns=columns, matrices=matrices)
 
 
 def _hdf5_contents(path: Path) -> ArrayFileContents:
@@ -106,18 +123,21 @@ def _hdf5_contents(path: Path) -> ArrayFileContents:
 
     infos: dict[str, ArrayInfo] = {}
     columns: dict[str, np.ndarray] = {}
+    matrices: dict[str, np.ndarray] = {}
     with h5py.File(path, "r") as f:
         for key, node in f.items():
             if not isinstance(node, h5py.Dataset):
                 continue
             infos[key] = ArrayInfo(shape=tuple(node.shape), dtype=node.dtype)
-            if key == IMAGES_KEY or node.ndim != 1:
+            if _is_label_matrix(key, infos[key]):
+                matrices[key] = np.asarray(node[...])
+            if is_image_key(key) or node.ndim != 1:
                 continue
             if h5py.check_string_dtype(node.dtype) is not None:
                 columns[key] = np.asarray(node.asstr()[...], dtype=object)
             else:
                 columns[key] = _decode_strings(np.asarray(node[...]))
-    return ArrayFileContents(infos=infos, columns=columns)
+    return ArrayFileContents(infos=infos, columns=columns, matrices=matrices)
 
 
 def _npz_memmap(path: str, name: str) -> np.ndarray | None:
@@ -140,42 +160,46 @@ def _npz_memmap(path: str, name: str) -> np.ndarray | None:
 
 
 class LazyArray:
-    """The ``images`` array of an array file, opened on first use in each process.
+    """One array of an array file (``images`` by default), opened on first use in each process.
 
-    Pickles as its path only, so that a copy sent to a DataLoader worker opens its own handle.
+    Pickles as its path and key only, so that a copy sent to a DataLoader worker opens its own
+    handle.
 
     Parameters
     ----------
     path : str
-        An ``.npz`` or HDF5 file holding ``images``.
+        An ``.npz`` or HDF5 file.
+    key : str
+        The array's name in the file.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: str = IMAGES_KEY) -> None:
         self.path = path
+        self.key = key
         self._pid: int | None = None
         self._array: Any = None
         self._file: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path = state["path"]
+        self.path, self.key = state["path"], state.get("key", IMAGES_KEY)
         self._pid, self._array, self._file = None, None, None
 
     def _open(self) -> Any:
         if self._pid == os.getpid():
             return self._array
         if is_npz(self.path):
-            self._array = _npz_memmap(self.path, IMAGES_KEY + ".npy")
+            self._array = _npz_memmap(self.path, self.key + ".npy")
             if self._array is None:
                 with np.load(self.path, allow_pickle=False) as z:
-                    self._array = z[IMAGES_KEY]
+                    self._array = z[self.key]
         else:
             import h5py
 
             self._file = h5py.File(self.path, "r")
-            self._array = self._file[IMAGES_KEY]
+            self._array = self._file[self.key]
         self._pid = os.getpid()
         return self._array
 

@@ -20,7 +20,10 @@ import pandas as pd
 from PIL import Image
 
 from fmprobe.data.arrays import IMAGES_KEY, ArrayFileContents, read_contents
-from fmprobe.data.images import IMAGE_SUFFIXES, short_reason
+from fmprobe.data.dicom import has_dicom_magic
+from fmprobe.data.images import IMAGE_SUFFIXES
+from fmprobe.data.medmnist import is_medmnist, read_layout
+from fmprobe.data.pixels import short_reason
 from fmprobe.data.sources import ArrayImages, FileImages, ImageSource, MemoryImages
 from fmprobe.errors import DataError, did_you_mean
 
@@ -28,6 +31,7 @@ BUILTINS = ("builtin:digits",)
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 ARRAY_SUFFIXES = (".h5", ".hdf5", ".npz")
 KINDS = ("builtin", "folder", "manifest", "array")
+DICOMDIR = "DICOMDIR"
 FINGERPRINT_VERSION = "fmprobe.dataset/1"
 ACCEPTED = (
     "an image folder, a manifest (.csv, .parquet), an array file (.h5, .hdf5, .npz) "
@@ -178,15 +182,29 @@ def _builtin(spec: str) -> Dataset:
 
 
 def _list_images(root: Path) -> list[str]:
-    """Image files below ``root`` (relative POSIX paths, sorted), skipping hidden entries."""
+    """Image files below ``root`` (relative POSIX paths, sorted), skipping hidden entries.
+
+    A file is an image by its suffix, or, whatever its name, by the ``DICM`` magic of a DICOM
+    file (PACS exports name files by UID or number); only those 132 bytes are read. A
+    ``DICOMDIR`` (the index of a DICOM medium, no image) is left out.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if name.startswith(".") or name.upper() == DICOMDIR:
+                continue
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES or has_dicom_magic(Path(dirpath) / name):
                 found.append((rel_dir / name).as_posix())
     return sorted(found)
+
+
+def _file_id(rel: str) -> str:
+    """The relative path without an image suffix; other names are kept whole (a DICOM file
+    named ``1.2.840.113619.2.55.3.2831164355.320`` keeps its last part)."""
+    stem, suffix = posixpath.splitext(rel)
+    return stem if suffix.lower() in IMAGE_SUFFIXES else rel
 
 
 def _folder(spec: str, root: Path) -> Dataset:
@@ -194,11 +212,11 @@ def _folder(spec: str, root: Path) -> Dataset:
     files = _list_images(root)
     if not files:
         raise DataError(
-            f"{where}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-            "point --data at the folder of images or pass a manifest"
+            f"{where}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}, "
+            "or DICOM files of any name); point --data at the folder of images or pass a manifest"
         )
     loose = [f for f in files if "/" not in f]
-    data: dict[str, Any] = {"id": [_strip_suffix(f) for f in files]}
+    data: dict[str, Any] = {"id": [_file_id(f) for f in files]}
     if loose and len(loose) != len(files):
         raise DataError(
             f"{where}: {len(loose)} images lie directly in the folder (e.g. {_examples(loose)})"
@@ -358,9 +376,17 @@ def _array_id_key(columns: dict[str, np.ndarray], *, id_col: str, where: str) ->
     return key
 
 
+def _medmnist(spec: str, path: Path, contents: ArrayFileContents) -> Dataset:
+    layout = read_layout(contents, path=path, where=f"--data {spec!r}")
+    source = ArrayImages.open(str(path.resolve()), keys=layout.keys, counts=layout.counts)
+    return Dataset(spec=spec, kind="array", table=layout.table, source=source)
+
+
 def _arrays(spec: str, path: Path, *, id_col: str) -> Dataset:
     where = f"--data {spec!r}"
     contents = _read_array_file(path, where=where)
+    if is_medmnist(contents):
+        return _medmnist(spec, path, contents)
     n = _check_images(contents, where=where)
     _check_columns(contents, n, where=where)
     columns = dict(contents.columns)

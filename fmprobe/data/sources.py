@@ -6,6 +6,7 @@ dataset fingerprint, without decoding any image.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from fmprobe.data.arrays import LazyArray
-from fmprobe.data.images import read_image, to_rgb
+from fmprobe.data.arrays import IMAGES_KEY, LazyArray
+from fmprobe.data.images import read_image
+from fmprobe.data.pixels import to_rgb
 
 
 class ImageSource(Protocol):
@@ -88,26 +90,35 @@ class FileImages:
 
 @dataclass(frozen=True)
 class ArrayImages:
-    """The ``images`` array of an ``.npz`` or HDF5 file, opened lazily in each process."""
+    """Image arrays of an ``.npz`` or HDF5 file, opened lazily in each process: ``images``, or
+    several arrays one after the other (MedMNIST's ``train_images``, ``val_images``,
+    ``test_images``), so that row ``i`` of the dataset is row ``i - offset`` of one of them."""
 
     path: str
-    array: LazyArray = field(repr=False, compare=False)
+    arrays: tuple[LazyArray, ...] = field(repr=False, compare=False)
+    offsets: tuple[int, ...] = (0,)
 
     @classmethod
-    def open(cls, path: str) -> ArrayImages:
-        return cls(path=path, array=LazyArray(path))
+    def open(
+        cls, path: str, keys: tuple[str, ...] = (IMAGES_KEY,), counts: tuple[int, ...] = ()
+    ) -> ArrayImages:
+        """``keys`` in order; ``counts`` (rows per key) are needed when there are several."""
+        offsets = tuple(int(o) for o in np.cumsum((0, *counts[:-1]))) if counts else (0,)
+        return cls(path=path, arrays=tuple(LazyArray(path, k) for k in keys), offsets=offsets)
 
     @property
     def root(self) -> str | None:
         return self.path
 
     def load(self, i: int) -> Image.Image:
-        return to_rgb(self.array[i])
+        k = bisect.bisect_right(self.offsets, i) - 1
+        return to_rgb(self.arrays[k][i - self.offsets[k]])
 
     def identity(self) -> Iterator[bytes]:
-        first = True
-        for block in self.array.chunks():
-            if first:
-                yield _array_header(block.shape[1:], block.dtype)
-                first = False
-            yield block.tobytes()
+        for array in self.arrays:
+            first = True
+            for block in array.chunks():
+                if first:
+                    yield _array_header(block.shape[1:], block.dtype)
+                    first = False
+                yield block.tobytes()

@@ -1,4 +1,4 @@
-"""The report stage: matplotlib figures and one self-contained HTML page per sweep.
+"""The report stage: one self-contained HTML page per sweep (matplotlib figures inline as SVG).
 
 Examples
 --------

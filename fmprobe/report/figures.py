@@ -1,9 +1,11 @@
-"""The report's matplotlib figures (Agg): learning curves, forecasts, layers and pools,
-samplers, subgroups. Every function returns a Figure; colours follow one map per feature.
-Draw them inside ``matplotlib.pyplot.rc_context(STYLE)`` for the report's fonts and grid."""
+"""The report's matplotlib figures (Agg), one axes each so that the page lays them out: learning
+curves (one panel per probe), forecasts, layers and pools, subgroups, paired comparisons.
+Colours follow one map per feature; legends are drawn by the page in HTML (they wrap), except
+the pools' short one. Draw them inside ``matplotlib.pyplot.rc_context(STYLE)``."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +29,18 @@ STYLE: dict[str, Any] = {
     "axes.spines.right": False,
 }
 SAMPLER_STYLES = ("-", "--", ":", "-.")
+PANEL = (5.6, 3.8)  # inches: one panel of a grid, readable at half a laptop screen
 
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
+
+
+def hex_colour(colour: Any) -> str:
+    """A matplotlib colour as ``#rrggbb`` (for the page's HTML legends)."""
+    from matplotlib.colors import to_hex
+
+    return str(to_hex(colour))
 
 
 def feature_colours(features: Sequence[str]) -> dict[str, Any]:
@@ -41,66 +51,54 @@ def feature_colours(features: Sequence[str]) -> dict[str, Any]:
     return {f: cmap(i % cmap.N) for i, f in enumerate(features)}
 
 
-def _figure(ncols: int = 1, *, width: float = 6.4, height: float = 4.2) -> tuple[Any, Any]:
+def sampler_styles(samplers: Sequence[str]) -> dict[str, str]:
+    """One line style per sampler, ``random`` first (solid)."""
+    order = sorted(samplers, key=lambda s: (s != "random", s))
+    return {s: SAMPLER_STYLES[k % len(SAMPLER_STYLES)] for k, s in enumerate(order)}
+
+
+def _axes(width: float = PANEL[0], height: float = PANEL[1]) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        1, ncols, figsize=(width * ncols, height), squeeze=False, layout="constrained"
-    )
-    return fig, axes[0]
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
 
 
-def _curve_stats(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+def curve_stats(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean and SD (ddof 0) over seeds of ``metric`` per n: columns n, mean, sd, seeds."""
     g = rows.groupby("n")[metric]
     return pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=0), "seeds": g.size()}).reset_index()
 
 
-def _legend(ax: Any, handles: list[Any] | None = None, **kw: Any) -> None:
-    """Inside the axes when short, to the right of it when long."""
-    n = len(handles) if handles is not None else len(ax.get_legend_handles_labels()[0])
-    where = {"loc": "best"} if n <= 5 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
-    if handles is not None:
-        kw["handles"] = handles
-    ax.legend(**where, **kw)
-
-
-def learning_curves(
-    rows: pd.DataFrame, *, metric: str, colours: dict[str, Any], title: str, panels: str = "probe"
+def learning_curve(
+    rows: pd.DataFrame,
+    *,
+    metric: str,
+    colours: dict[str, Any],
+    styles: dict[str, str],
+    title: str,
+    ylim: tuple[float, float] | None = None,
 ) -> Any:
-    """Mean ± SD over seeds of ``metric`` against n, one colour per feature and one line
-    style per sampler, one panel per value of ``panels``."""
-    from matplotlib.lines import Line2D
-
-    values = sorted(rows[panels].astype(str).unique())
-    fig, axes = _figure(len(values))
-    samplers = sorted(rows["sampler"].astype(str).unique(), key=lambda s: (s != "random", s))
-    for ax, value in zip(axes, values, strict=True):
-        sub = rows[rows[panels].astype(str) == value]
-        handles = []
-        for feature in [f for f in colours if f in set(sub["feature"])]:
-            for k, sampler in enumerate(samplers):
-                cur = sub[(sub["feature"] == feature) & (sub["sampler"] == sampler)]
-                if not len(cur):
-                    continue
-                st = _curve_stats(cur, metric)
-                ls = SAMPLER_STYLES[k % len(SAMPLER_STYLES)]
-                c = colours[feature]
-                ax.plot(st["n"], st["mean"], ls, marker="o", ms=4, lw=2, color=c)
-                ax.fill_between(
-                    st["n"], st["mean"] - st["sd"], st["mean"] + st["sd"], color=c, alpha=0.12, lw=0
-                )
-            handles.append(Line2D([], [], color=colours[feature], lw=2, label=feature))
-        if len(samplers) > 1:
-            handles += [
-                Line2D([], [], color="0.2", lw=2, ls=SAMPLER_STYLES[k % len(SAMPLER_STYLES)],
-                       label=f"sampler {s}")
-                for k, s in enumerate(samplers)
-            ]  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel(X_LABEL)
-        ax.set_ylabel(f"{metric_label(metric)} on the test set")
-        ax.set_title(f"{title} — {panels} {value}" if len(values) > 1 else title)
-        _legend(ax, handles)
+    """One panel: mean ± SD over seeds of ``metric`` against n, one colour per feature and
+    one line style per sampler (the rows of one task and probe)."""
+    fig, ax = _axes()
+    for feature in [f for f in colours if f in set(rows["feature"])]:
+        for sampler, ls in styles.items():
+            cur = rows[(rows["feature"] == feature) & (rows["sampler"] == sampler)]
+            if not len(cur):
+                continue
+            st = curve_stats(cur, metric)
+            c = colours[feature]
+            ax.plot(st["n"], st["mean"], ls, marker="o", ms=4, lw=2, color=c)
+            ax.fill_between(
+                st["n"], st["mean"] - st["sd"], st["mean"] + st["sd"], color=c, alpha=0.12, lw=0
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(f"{metric_label(metric)} on the test set")
+    ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     return fig
 
 
@@ -108,15 +106,14 @@ def forecast_curves(
     table: pd.DataFrame, *, metric: str, colours: dict[str, Any], title: str
 ) -> Any:
     """Forecast table rows of one task: observed means (dots), forecast (line) and its band
-    per feature; a dotted line marks the largest n used for fitting."""
-    fig, axes = _figure(1, width=7.2, height=4.6)
-    ax = axes[0]
+    per feature; a dotted line marks the largest n used for fitting, dashed red the targets."""
+    fig, ax = _axes()
     for feature in [f for f in colours if f in set(table["feature"])]:
         t = table[table["feature"] == feature].sort_values("n")
         c = colours[feature]
         ok = t["predicted"].notna()
         ax.fill_between(t["n"][ok], t["lower"][ok], t["upper"][ok], color=c, alpha=0.15, lw=0)
-        ax.plot(t["n"][ok], t["predicted"][ok], "-", color=c, lw=2, label=feature)
+        ax.plot(t["n"][ok], t["predicted"][ok], "-", color=c, lw=2)
         obs = t[t["observed"].notna()]
         fitted = obs["n"] <= obs["fit_max_n"]
         ax.plot(obs["n"][fitted], obs["observed"][fitted], "o", color=c, ms=5)
@@ -125,35 +122,27 @@ def forecast_curves(
             ax.axvline(float(t["fit_max_n"].iloc[0]), color=c, ls=":", lw=1)
     if "target" in table.columns:
         for tv in table["target"].dropna().unique():
-            ax.axhline(float(tv), color="crimson", ls="--", lw=1, label=f"target {tv:g}")
+            ax.axhline(float(tv), color="crimson", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(f"{metric_label(metric)} on the test set")
     ax.set_title(title)
-    _legend(ax)
     return fig
 
 
-def layer_curve(table: pd.DataFrame, *, metric: str, n: int, title: str) -> Any:
+def layer_curve(
+    table: pd.DataFrame, *, metric: str, n: int, colours: dict[tuple[str, str], Any], title: str
+) -> Any:
     """``table``: model, layer, pool, mean, sd — the metric against layer index, one line per
-    model and pool."""
-    fig, axes = _figure(1, width=7.2)
-    ax = axes[0]
+    (model, pool) in the colour ``colours`` gives it."""
+    fig, ax = _axes()
     for (model, pool), t in table.groupby(["model", "pool"], sort=True):
         t = t.sort_values("layer")
-        ax.errorbar(
-            t["layer"],
-            t["mean"],
-            yerr=t["sd"],
-            marker="o",
-            capsize=3,
-            lw=2,
-            label=f"{model} · {pool}",
-        )
+        ax.errorbar(t["layer"], t["mean"], yerr=t["sd"], marker="o", capsize=3, lw=2,
+                    color=colours[(str(model), str(pool))])  # fmt: skip
     ax.set_xlabel("layer (block index)")
     ax.set_ylabel(f"{metric_label(metric)} at n = {n}")
     ax.set_title(title)
-    _legend(ax)
     return fig
 
 
@@ -161,8 +150,7 @@ def pool_bars(table: pd.DataFrame, *, metric: str, n: int, title: str) -> Any:
     """``table``: model, layer, pool, mean, sd — pools side by side for each model layer."""
     groups = table[["model", "layer"]].drop_duplicates().sort_values(["model", "layer"])
     pools = sorted(table["pool"].unique())
-    fig, axes = _figure(1, width=max(6.4, 1.1 * len(groups) * max(1, len(pools)) / 2 + 3))
-    ax = axes[0]
+    fig, ax = _axes(max(PANEL[0], 0.55 * len(groups) * max(1, len(pools)) + 2.5))
     x = np.arange(len(groups))
     width = 0.8 / len(pools)
     for k, pool in enumerate(pools):
@@ -173,41 +161,53 @@ def pool_bars(table: pd.DataFrame, *, metric: str, n: int, title: str) -> Any:
         mean = [float(v["mean"].iloc[0]) if len(v) else np.nan for v in vals]
         sd = [float(v["sd"].iloc[0]) if len(v) else 0.0 for v in vals]
         ax.bar(x + (k - (len(pools) - 1) / 2) * width, mean, width, yerr=sd, capsize=3, label=pool)
-    ax.set_xticks(x, [f"{m}\nlayer {lay}" for m, lay in groups.itertuples(index=False)], fontsize=9)
+    labels = [f"{textwrap.shorten(str(m), 24)}\nlayer {lay}" for m, lay in groups.itertuples(False)]
+    ax.set_xticks(x, labels, fontsize=9)
     lo = np.nanmin(table["mean"] - table["sd"].fillna(0))
     ax.set_ylim(max(0.0, lo - 0.05), min(1.0, np.nanmax(table["mean"] + table["sd"]) + 0.05))
     ax.set_ylabel(f"{metric_label(metric)} at n = {n}")
     ax.set_title(title)
-    _legend(ax, title="pooling")
+    ax.legend(title="pooling", loc="lower right")
     return fig
 
 
 def subgroup_bars(table: pd.DataFrame, *, metric: str, colours: dict[str, Any], title: str) -> Any:
-    """``table``: feature, group, score, lower, upper — bars per subgroup, one per feature,
-    with the bootstrap interval as error bars."""
+    """``table``: feature, group, score, lower, upper, n_test — bars per subgroup, one per
+    feature, with the bootstrap interval as error bars."""
     groups = sorted(table["group"].astype(str).unique())
     features = [f for f in colours if f in set(table["feature"])]
-    fig, axes = _figure(1, width=max(6.4, 0.9 * len(groups) * len(features) / 2 + 4))
-    ax = axes[0]
+    fig, ax = _axes(max(PANEL[0], 0.45 * len(groups) * len(features) + 2.5))
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(features))
     for k, feature in enumerate(features):
         t = table[table["feature"] == feature].set_index("group").reindex(groups)
         err = np.vstack([t["score"] - t["lower"], t["upper"] - t["score"]]).clip(min=0)
-        ax.bar(
-            x + (k - (len(features) - 1) / 2) * width,
-            t["score"],
-            width,
-            yerr=np.nan_to_num(err),
-            capsize=3,
-            color=colours[feature],
-            label=feature,
-        )
+        ax.bar(x + (k - (len(features) - 1) / 2) * width, t["score"], width,
+               yerr=np.nan_to_num(err), capsize=3, color=colours[feature])  # fmt: skip
     counts = table.groupby("group")["n_test"].max().reindex(groups)
     ax.set_xticks(x, [f"{g}\n(n test = {int(c)})" for g, c in zip(groups, counts, strict=True)])
     lo = np.nanmin(table["lower"].to_numpy(dtype=float))
     ax.set_ylim(max(0.0, (lo if np.isfinite(lo) else 0.5) - 0.05), 1.0)
     ax.set_ylabel(f"{metric_label(metric)} (mean over tasks)")
     ax.set_title(title)
-    _legend(ax)
+    return fig
+
+
+def compare_forest(
+    labels: Sequence[str], difference: Sequence[float], lower: Sequence[float],
+    upper: Sequence[float], *, metric: str, level: float, title: str,
+) -> Any:  # fmt: skip
+    """Paired differences A − B (dots) with their intervals, one row per comparison, top to
+    bottom in the order given; the zero line marks no difference."""
+    k = len(labels)
+    fig, ax = _axes(PANEL[0] + 1.0, max(2.2, 0.55 * k + 1.4))
+    y = np.arange(k)[::-1]
+    d, lo, hi = (np.asarray(v, dtype=float) for v in (difference, lower, upper))
+    ax.errorbar(d, y, xerr=np.vstack([d - lo, hi - d]).clip(min=0), fmt="o", color="#1f4e79",
+                ecolor="#1f4e79", capsize=4, lw=2, ms=6)  # fmt: skip
+    ax.axvline(0.0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(y, [textwrap.fill(str(s), 34) for s in labels], fontsize=9)
+    ax.set_xlabel(f"difference in {metric_label(metric)} (A − B), {round(100 * level)}% interval")
+    ax.set_title(title)
+    ax.grid(axis="y", visible=False)
     return fig
