@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def atomic_path(path: str | Path, *, what: str = "output") -> Iterator[Path]:
         raise UsageError(
             f"{what} {str(path)!r}: cannot create its folder ({exc.strerror})"
         ) from None
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         yield tmp
         os.replace(tmp, path)

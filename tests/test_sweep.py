@@ -637,3 +637,36 @@ def test_attnpool_probe_in_a_sweep_equals_the_engine_called_directly(tmp_path: P
     with pytest.raises(UsageError, match="sweep of its own"):
         sweep(store=str(store), out=str(tmp_path / "c.parquet"), probe="attnpool,logreg",
               progress=False)  # fmt: skip
+
+
+def test_label_policies_reach_the_results_and_val_rows_are_in_neither_split(
+    tmp_path: Path,
+) -> None:
+    """A CheXpert-style column (1, 0, −1, blank) under --uncertain zeros --blank negative: the
+    probe trains on the mapped labels (checked against the mapping done by hand), the policy is
+    recorded in every row, and a split column's ``val`` rows are used by neither side."""
+    rng = np.random.default_rng(3)
+    N = 240
+    X = rng.normal(size=(N, 6)).astype(np.float32)
+    raw = np.where(X[:, 0] > 0.3, "1", "0").astype(object)
+    raw[rng.choice(N, 30, replace=False)] = "-1"
+    raw[rng.choice(N, 20, replace=False)] = ""
+    split = np.array(["train"] * 150 + ["val"] * 30 + ["test"] * 60)
+    pd.DataFrame({"id": [f"s{i}" for i in range(N)], "finding": raw, "split": split}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    np.save(tmp_path / "x.npy", X)
+    import_features(tmp_path / "s.zarr", name="f", features=tmp_path / "x.npy",
+                    labels=tmp_path / "t.csv")  # fmt: skip
+    out = tmp_path / "r.parquet"
+    sweep(store=str(tmp_path / "s.zarr"), out=str(out), tasks="finding", split_col="split",
+          n="all", seeds=1, C=1.0, uncertain="zeros", blank="negative", save_predictions=True,
+          progress=False)  # fmt: skip
+    res = pd.read_parquet(out)
+    assert set(res.uncertain) == {"zeros"} and set(res.blank) == {"negative"}
+    y = np.array([1 if v == "1" else 0 for v in raw])  # -1 → 0, blank → 0, by hand
+    train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    assert res.n.iloc[0] == len(train) and res.n_test.iloc[0] == len(test)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[train], y[train])
+    want = roc_auc_score(y[test], ref.decision_function(X[test]))
+    assert abs(res.auroc.iloc[0] - want) <= 1e-4

@@ -98,6 +98,17 @@ class _SweepGroup(click.Group):
     help="COL=VALUE: test on that domain, train on the rest (out-of-domain evaluation).",
 )
 @click.option(
+    "--uncertain",
+    default=None,
+    help="CheXpert-style -1 labels: ignore (masked), ones, zeros, or class (its own class).",
+)
+@click.option(
+    "--blank",
+    default="missing",
+    show_default=True,
+    help="Blank labels of a 1/0/-1 column: missing (masked) or negative.",
+)
+@click.option(
     "--group-by",
     default=None,
     help="Columns (e.g. sex,scanner): per-subgroup metrics with bootstrap CIs in "

@@ -15,8 +15,9 @@ import pandas as pd
 from fmprobe.errors import UsageError
 from fmprobe.report import figures as F
 from fmprobe.report import sections as S
-from fmprobe.report.page import Page, write_atomic
+from fmprobe.report.page import Page
 from fmprobe.report.provenance import provenance_section
+from fmprobe.tables import atomic_path
 
 KEY_COLUMNS = ("feature", "task", "probe", "sampler")
 INDEX = "index.html"
@@ -247,7 +248,8 @@ def report(
         f"{_dt.datetime.now().isoformat(timespec='seconds')}"
     )
     index = out_dir / INDEX
-    write_atomic(index, page.html(title or f"fmprobe report: {Path(results).name}", subtitle))
+    with atomic_path(index, what="--out") as tmp:
+        tmp.write_text(page.html(title or f"fmprobe report: {Path(results).name}", subtitle))
     return ReportResult(
         index=index,
         figures=tuple(page.figures),

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import html
 import io
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from fmprobe.errors import FmprobeError
 
 TALL_ROWS = 25  # longer tables scroll inside a box of about this many rows
 _SVG_SIZE = re.compile(r'<svg([^>]*?)\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
@@ -138,21 +133,6 @@ class Page:
         return _TEMPLATE.format(
             title=html.escape(title), subtitle=subtitle, toc=toc, body="\n".join(self.parts)
         )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place: a reader
-    sees the old file or the new one, never half of one; a failure leaves no temporary."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # the umask's permissions, unlike mkstemp
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FmprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 _TEMPLATE = """<!DOCTYPE html>

@@ -32,7 +32,7 @@ from fmprobe.sweep.config import (
 from fmprobe.sweep.plan import Unit, plan_units, unit_probes
 from fmprobe.sweep.results import shard_path, unit_frame, write_part, write_results
 from fmprobe.sweep.splits import sweep_split
-from fmprobe.sweep.tasks import load_tasks
+from fmprobe.sweep.tasks import check_policies, load_tasks
 from fmprobe.sweep.units import SweepJob, execute_units
 
 
@@ -162,7 +162,9 @@ def _config(
         raise UsageError(f"--seeds {opts['seeds']}: at least 1")
     if opts["folds"] < 2:
         raise UsageError(f"--folds {opts['folds']}: cross-validation needs at least 2 folds")
-    task_objs, table = load_tasks(fs, split_list(tasks) or ["label"], labels=labels)
+    check_policies(uncertain=opts["uncertain"], blank=opts["blank"])
+    task_objs, table = load_tasks(fs, split_list(tasks) or ["label"], labels=labels,
+                                  uncertain=opts["uncertain"], blank=opts["blank"])  # fmt: skip
     group_cols = split_list(group_by)
     check_columns(table, [opts["split_col"], opts["group_col"], *group_cols])
     if opts["test_where"] and opts["split_col"]:
@@ -205,6 +207,8 @@ def sweep(
     tol: float = 1e-5,
     backend: str = "torch",
     test_where: str | None = None,
+    uncertain: str | None = None,
+    blank: str = "missing",
     group_by: str | Sequence[str] | None = None,
     layers: str | Sequence[int] | None = None,
     attnpool: dict[str, Any] | None = None,
@@ -243,6 +247,7 @@ def sweep(
         test_frac=test_frac, group_col=group_col, split_seed=split_seed,
         standardize=standardize, l2_normalize=l2_normalize, max_iter=max_iter, tol=tol,
         backend=backend, test_where=test_where, layers=layers, attnpool=attnpool,
+        uncertain=uncertain, blank=blank,
     )  # fmt: skip
     save_predictions = save_predictions or bool(group_cols)  # subgroups need the kept scores
     dev = resolve_device(device)

@@ -56,6 +56,8 @@ class SweepConfig:
     backend : str
     attnpool : str or None
         ``AttnPoolConfig`` fields as canonical JSON (probe ``attnpool``).
+    uncertain, blank : str or None, str
+        The label policies of CheXpert-style columns (``fmprobe.sweep.tasks``).
     """
 
     features: tuple[str, ...]
@@ -80,12 +82,16 @@ class SweepConfig:
     backend: str = "torch"
     test_where: str | None = None
     attnpool: str | None = None
+    uncertain: str | None = None
+    blank: str = "missing"
 
     def digest(self) -> str:
         """A short hash of the configuration (results of another configuration never mix)."""
         d = asdict(self)
         # settings added later count only when set: older sweeps keep their digest (and resume)
-        for k, default in (("backend", "torch"), ("test_where", None), ("attnpool", None)):
+        later = (("backend", "torch"), ("test_where", None), ("attnpool", None),
+                 ("uncertain", None), ("blank", "missing"))  # fmt: skip
+        for k, default in later:
             if d[k] == default:
                 del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -62,6 +62,8 @@ class Provenance:
     standardize, l2_normalize : bool
     store_fingerprint : str
         The dataset fingerprint of the data the rows were computed on.
+    uncertain, blank : str
+        The label policies (``""``: none; see ``fmprobe.sweep.tasks``).
     """
 
     split: str
@@ -70,6 +72,8 @@ class Provenance:
     standardize: bool
     l2_normalize: bool
     store_fingerprint: str
+    uncertain: str = ""
+    blank: str = "missing"
 
     @classmethod
     def of(cls, cfg: SweepConfig) -> Provenance:
@@ -82,7 +86,8 @@ class Provenance:
         )
         return cls(split=split, group_col=cfg.group_col or "", split_seed=cfg.split_seed,
                    standardize=cfg.standardize, l2_normalize=cfg.l2_normalize,
-                   store_fingerprint=cfg.store_fingerprint)  # fmt: skip
+                   store_fingerprint=cfg.store_fingerprint, uncertain=cfg.uncertain or "",
+                   blank=cfg.blank)  # fmt: skip
 
 
 def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig | Provenance) -> pd.DataFrame:
@@ -131,6 +136,8 @@ def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig | Provenance) -> pd.
         "standardize": np.full(n, prov.standardize, dtype=bool),
         "l2_normalize": np.full(n, prov.l2_normalize, dtype=bool),
         "store_fingerprint": [prov.store_fingerprint] * n,
+        "uncertain": [prov.uncertain] * n,
+        "blank": [prov.blank] * n,
         "fmprobe_version": [__version__] * n,
     }
     if not n:

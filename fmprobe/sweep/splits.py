@@ -46,16 +46,18 @@ def make_split(
 ) -> Split:
     """Split rows into a training pool and a test set.
 
-    ``split_values`` (a column of ``train``/``test``) wins; otherwise a stratified random
+    ``split_values`` (a column of ``train``/``test``; ``val`` rows, as MedMNIST's official
+    validation split, are in neither) wins; otherwise a stratified random
     ``test_frac`` of the rows, whole groups at a time when ``groups`` is given (no patient on
     both sides), stratified on the groups' majority class.
     """
     if split_values is not None:
         values = np.asarray(split_values).astype(str)
-        bad = sorted(set(values) - {"train", "test"})
+        bad = sorted(set(values) - {"train", "test", "val"})
         if bad:
             raise UsageError(
-                f"--split-col {split_col!r} holds {bad[:3]}; its values must be 'train' or 'test'"
+                f"--split-col {split_col!r} holds {bad[:3]}; its values must be 'train', 'test' "
+                "or 'val' (validation rows, used by neither side)"
             )
         train, test = np.flatnonzero(values == "train"), np.flatnonzero(values == "test")
         if not len(train) or not len(test):

@@ -353,7 +353,8 @@ class UnitRunner:
         self.job = job
         cfg = job.cfg
         self.fs = open_store(job.store)
-        task_objs, table = load_tasks(self.fs, list(cfg.tasks), labels=cfg.labels)
+        task_objs, table = load_tasks(self.fs, list(cfg.tasks), labels=cfg.labels,
+                                      uncertain=cfg.uncertain, blank=cfg.blank)  # fmt: skip
         self.split = sweep_split(
             table, stratify=task_objs[0].codes, split_col=cfg.split_col,
             test_frac=cfg.test_frac, group_col=cfg.group_col, split_seed=cfg.split_seed,
