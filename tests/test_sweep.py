@@ -58,8 +58,10 @@ def test_stratified_and_grouped_splits() -> None:
     col = np.where(np.arange(1000) < 700, "train", "test")
     c = make_split(n_rows=1000, split_values=col, split_col="split")
     assert np.array_equal(c.test, np.arange(700, 1000))
-    with pytest.raises(UsageError, match="'train' or 'test'"):
-        make_split(n_rows=3, split_values=np.array(["train", "val", "test"]), split_col="split")
+    with pytest.raises(UsageError, match="'train', 'test' or 'val'"):
+        make_split(n_rows=3, split_values=np.array(["train", "dev", "test"]), split_col="split")
+    v = make_split(n_rows=4, split_values=np.array(["train", "val", "test", "train"]), split_col="s")
+    assert list(v.train) == [0, 3] and list(v.test) == [2]  # val rows: neither side
 
 
 def test_fold_masks_partition_the_rows() -> None:
@@ -359,7 +361,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(store: Path, tmp_path: Pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_parts = len(list(parts.glob("*.parquet")))
-    assert 0 < n_parts < 8 and not killed.exists(), "the kill should land mid-run"
+    assert 0 < n_parts < 40 and not killed.exists(), "the kill should land mid-run"
     subprocess.run(_sweep_cmd(store, killed), check=True, env=env, capture_output=True)
     a = pd.read_parquet(full).drop(columns="fit_seconds")
     b = pd.read_parquet(killed).drop(columns="fit_seconds")

@@ -3,6 +3,7 @@ common options. Command modules import these (never ``fmprobe.cli``, which impor
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fmprobe.errors import FmprobeError, UsageError
+from fmprobe.errors import FmprobeError, UsageError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +34,13 @@ def friendly(func: F) -> F:
         except FmprobeError as exc:
             _fail(1, str(exc))
         except KeyboardInterrupt:
-            _fail(130, "interrupted; finished chunks are kept, rerun the same command to resume")
+            _fail(130, "interrupted; finished work is kept, rerun the same command to resume")
+        except OSError as exc:  # the disk, the network: a run-time failure, not a bug
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(1, f"no space left on the device ({exc.filename or 'writing'}); finished "
+                         "work is kept: free space and rerun the same command")  # fmt: skip
+            _fail(1, f"{exc.strerror or first_line(exc)}"
+                     + (f": {exc.filename}" if exc.filename else ""))  # fmt: skip
 
     return wrapper  # type: ignore[return-value]
 

@@ -148,7 +148,14 @@ class _SweepGroup(click.Group):
 )
 @device_option
 @click.option(
-    "--overwrite", is_flag=True, help="Discard results of a sweep with other settings at --out."
+    "--overwrite",
+    is_flag=True,
+    help="Start again: discard every finished unit (and kept predictions) at --out.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say which finished units would be reused and which computed (and why); run nothing.",
 )
 @json_option
 @quiet_option
@@ -180,17 +187,8 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("ignore")
         report = run_sweep(**opts, progress=not quiet)
-    done = report.units_done_before
-    resumed = f", {done} units already done" if done else ""
-    click.echo(
-        f"sweep: {report.probes_fitted} probes in {report.seconds:.1f} s "
-        f"({report.probes_per_second:.0f} probes/s){resumed}; {report.rows} rows in {report.out}",
-        err=True,
-    )
-    if report.subgroups:
-        click.echo(f"sweep: subgroup metrics in {report.subgroups}", err=True)
-    for w in report.warnings:
-        click.echo(f"warning: {w}", err=True)
+    for line in report.summary():
+        click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
 
@@ -198,8 +196,9 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
 @sweep.command("merge")
 @click.argument("parts", nargs=-1, required=True)
 @click.option("--out", required=True, help="The merged results table (Parquet).")
+@json_option
 @friendly
-def sweep_merge(parts: tuple[str, ...], out: str) -> None:
+def sweep_merge(parts: tuple[str, ...], out: str, as_json: bool) -> None:
     """Merge the tables of `sweep --shard I/N` runs into the table of one run.
 
     \b
@@ -210,3 +209,5 @@ def sweep_merge(parts: tuple[str, ...], out: str) -> None:
 
     df = merge(parts=list(parts), out=out)
     click.echo(f"sweep merge: {len(df)} rows from {len(parts)} tables in {out}", err=True)
+    if as_json:
+        click.echo(json.dumps({"out": out, "rows": len(df), "tables": len(parts)}))

@@ -3,7 +3,6 @@ opened, the pending units run by the chosen engine, and the results table writte
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -14,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from fmprobe import locks
 from fmprobe.devices import resolve_device
 from fmprobe.errors import UsageError
 from fmprobe.options import check_engine, parse_shard, split_list
@@ -29,10 +29,11 @@ from fmprobe.sweep.config import (
     parse_ns,
     samplers,
 )
+from fmprobe.sweep.ledger import Ledger, input_identities, open_ledger
 from fmprobe.sweep.plan import Unit, plan_units, unit_probes
 from fmprobe.sweep.results import shard_path, unit_frame, write_part, write_results
-from fmprobe.sweep.splits import sweep_split
-from fmprobe.sweep.tasks import check_policies, load_tasks
+from fmprobe.sweep.splits import Split, sweep_split
+from fmprobe.sweep.tasks import Task, check_policies, load_tasks
 from fmprobe.sweep.units import SweepJob, execute_units
 
 
@@ -62,6 +63,11 @@ class SweepReport:
         Aggregated warnings (also issued as ``ConvergenceWarning``).
     subgroups : str or None
         The subgroup table written for ``--group-by``.
+    dry_run : bool
+        Nothing was run: ``plan`` says what would be reused and computed.
+    plan : dict
+        With ``dry_run``: units to reuse and to compute (new, or from changed inputs), probes
+        to fit, and the units to compute per feature and task.
     """
 
     out: str
@@ -73,6 +79,8 @@ class SweepReport:
     not_converged: int = 0
     warnings: list[str] = field(default_factory=list)
     subgroups: str | None = None
+    dry_run: bool = False
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def probes_per_second(self) -> float:
@@ -81,35 +89,37 @@ class SweepReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "probes_per_second": self.probes_per_second}
 
+    def summary(self) -> list[str]:
+        """The lines ``fmprobe sweep`` prints on stderr."""
+        if self.dry_run:
+            p = self.plan
+            lines = [
+                f"sweep --dry-run: {self.units_total} units; would reuse {p['reuse']}, compute "
+                f"{p['compute']} ({p['compute_new']} never run, {p['compute_inputs_changed']} "
+                f"from inputs that changed), {p['probes_to_fit']} probes"
+            ]
+            lines += [
+                f"  {g['feature']} × {g['task']}: {g['units']} to compute"
+                + (f" ({g['inputs_changed']} inputs changed)" if g["inputs_changed"] else "")
+                for g in p["by_feature_task"]
+            ]
+            return lines
+        done = self.units_done_before
+        resumed = f", {done} units already done" if done else ""
+        lines = [
+            f"sweep: {self.probes_fitted} probes in {self.seconds:.1f} s "
+            f"({self.probes_per_second:.0f} probes/s){resumed}; {self.rows} rows in {self.out}"
+        ]
+        if self.subgroups:
+            lines.append(f"sweep: subgroup metrics in {self.subgroups}")
+        return lines + [f"warning: {w}" for w in self.warnings]
 
-def _check_engine(engine: str, workers: int) -> None:
-    check_engine(engine)
+
+def _check_workers(engine: str, workers: int) -> None:
     if workers < 1:
         raise UsageError(f"--workers {workers}: at least 1 (1 = this process only)")
     if workers > 1 and engine != "local":
         raise UsageError(f"--workers {workers} is for --engine local; Ray places its own workers")
-
-
-def _open_ledger(out_path: Path, cfg: SweepConfig, *, overwrite: bool) -> Path:
-    """``<out>.parts/``, the resume ledger: one part per finished unit, and the configuration
-    they were computed with (a sweep with other settings is refused, or discarded)."""
-    parts = out_path.with_name(out_path.name + ".parts")
-    meta_path = parts / "config.json"
-    if parts.exists() and meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("digest") != cfg.digest():
-            if not overwrite:
-                raise UsageError(
-                    f"{out_path} holds results of a sweep with other settings; pass a new --out, "
-                    "or --overwrite to start again"
-                )
-            for p in parts.glob("*.parquet"):
-                p.unlink()
-    parts.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(
-        json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}, indent=2, default=str)
-    )
-    return parts
 
 
 def _run_engine(
@@ -152,8 +162,8 @@ def _subgroups(out_path: Path, group_cols: list[str], *, store: str, labels: str
 def _config(
     fs: FeatureStore, *, tasks: str | Sequence[str], labels: str | None,
     group_by: str | Sequence[str] | None, **opts: Any,
-) -> tuple[SweepConfig, list[str]]:  # fmt: skip
-    """The checked configuration and the ``--group-by`` columns."""
+) -> tuple[SweepConfig, list[str], list[Task], Split]:  # fmt: skip
+    """The checked configuration, the ``--group-by`` columns, the tasks and the test split."""
     probes = parse_choices(opts.pop("probe"), option="--probe", valid=PROBES, noun="probes")
     samplers_ = parse_choices(
         opts.pop("sampler"), option="--sampler", valid=samplers(), noun="samplers"
@@ -162,6 +172,8 @@ def _config(
         raise UsageError(f"--seeds {opts['seeds']}: at least 1")
     if opts["folds"] < 2:
         raise UsageError(f"--folds {opts['folds']}: cross-validation needs at least 2 folds")
+    if opts["split_seed"] < 0:
+        raise UsageError(f"--split-seed {opts['split_seed']}: a seed is 0 or more")
     check_policies(uncertain=opts["uncertain"], blank=opts["blank"])
     task_objs, table = load_tasks(fs, split_list(tasks) or ["label"], labels=labels,
                                   uncertain=opts["uncertain"], blank=opts["blank"])  # fmt: skip
@@ -177,10 +189,10 @@ def _config(
            "test_where": opts["test_where"] or None},
     )  # fmt: skip
     # bad split settings fail here, not in the workers
-    sweep_split(table, stratify=task_objs[0].codes, split_col=cfg.split_col,
-                test_frac=cfg.test_frac, group_col=cfg.group_col, split_seed=cfg.split_seed,
-                test_where=cfg.test_where)  # fmt: skip
-    return cfg, group_cols
+    split = sweep_split(table, stratify=task_objs[0].codes, split_col=cfg.split_col,
+                        test_frac=cfg.test_frac, group_col=cfg.group_col,
+                        split_seed=cfg.split_seed, test_where=cfg.test_where)  # fmt: skip
+    return cfg, group_cols, task_objs, split
 
 
 def sweep(
@@ -220,11 +232,15 @@ def sweep(
     shard: str | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    dry_run: bool = False,
     progress: bool = True,
 ) -> SweepReport:
     """Run probes over features × tasks × samplers × label counts × seeds into a Parquet table.
 
     The options are those of ``fmprobe sweep`` (see its ``--help`` and the sweep guide).
+    Finished units are reused while their inputs (the feature's content, the labels, the
+    split) are unchanged; ``overwrite`` discards them; ``dry_run`` only reports what would be
+    reused and what computed. Another live process writing the same ``out`` is refused.
 
     Returns
     -------
@@ -235,13 +251,15 @@ def sweep(
     >>> sweep(store="digits.zarr", out="results.parquet", features="*/block11/cls",
     ...       n="10,20,50,100,all", seeds=5)  # doctest: +SKIP
     """
-    from tqdm import tqdm
-
     t_start = time.perf_counter()
-    _check_engine(engine, workers)
+    check_engine(engine)
+    _check_workers(engine, workers)
     shard_i, shard_n = parse_shard(shard)
+    if seeds_per_unit < 1:
+        raise UsageError(f"seeds_per_unit={seeds_per_unit}: at least 1")
+    out_path = _check_out(out)
     fs = open_store(store)
-    cfg, group_cols = _config(
+    cfg, group_cols, task_objs, split = _config(
         fs, tasks=tasks, labels=labels, group_by=group_by, features=features, probe=probe,
         sampler=sampler, n=n, seeds=seeds, C=C, folds=folds, knn_k=knn_k, split_col=split_col,
         test_frac=test_frac, group_col=group_col, split_seed=split_seed,
@@ -251,36 +269,109 @@ def sweep(
     )  # fmt: skip
     save_predictions = save_predictions or bool(group_cols)  # subgroups need the kept scores
     dev = resolve_device(device)
-    out_path = Path(out)
-    parts = _open_ledger(out_path, cfg, overwrite=overwrite)
-    preds = out_path.with_name(out_path.name + ".predictions")
-    if save_predictions:
-        preds.mkdir(exist_ok=True)
-    mine = [u for i, u in enumerate(plan_units(cfg, seeds_per_unit=seeds_per_unit))
-            if i % shard_n == shard_i]  # fmt: skip
-    todo = [u for u in mine if not (parts / f"{u.name}.parquet").exists()
-            or (save_predictions and not (preds / f"{u.name}.parquet").exists())]  # fmt: skip
-    report = SweepReport(out=str(out_path), rows=0, units_total=len(mine),
-                         units_done_before=len(mine) - len(todo))  # fmt: skip
-    total = sum(unit_probes(cfg, u) for u in todo)
-    bar = tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr,
-               disable=not progress or total == 0)  # fmt: skip
-    kept = str(preds) if save_predictions else None
-    job = SweepJob(store=store, cfg=cfg, parts=str(parts), predictions=kept, device=str(dev))
-    t_loop = time.perf_counter()
-    report.probes_fitted = _run_engine(job, todo, engine=engine, address=address,
-                                       workers=workers, progress=bar.update)  # fmt: skip
-    bar.close()
-    loop_seconds = time.perf_counter() - t_loop
-    if shard_n > 1:
-        out_path = shard_path(out_path, shard_i, shard_n)
-        report.out = str(out_path)
-    frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in mine]
-    result = pd.concat(frames, ignore_index=True) if frames else unit_frame([], cfg)
-    write_results(result, out_path, cfg, seeds_per_unit=seeds_per_unit)
+    inputs = input_identities(fs, cfg, task_objs, split)
+    units = plan_units(cfg, seeds_per_unit=seeds_per_unit)
+    mine = [u for i, u in enumerate(units) if i % shard_n == shard_i]
+    if dry_run:
+        ledger = open_ledger(out_path, cfg, inputs, overwrite=overwrite,
+                             predictions=save_predictions, write=False)  # fmt: skip
+        return _dry_run(ledger, mine, cfg, out_path, overwrite=overwrite,
+                        predictions=save_predictions)  # fmt: skip
+    with locks.writer(out_path, "results", what=f"the sweep results {str(out_path)!r}",
+                      shard=(shard_i, shard_n)):  # fmt: skip
+        ledger = open_ledger(out_path, cfg, inputs, overwrite=overwrite,
+                             predictions=save_predictions)  # fmt: skip
+        todo = [u for u in mine if not ledger.done(u, predictions=save_predictions)]
+        report = SweepReport(out=str(out_path), rows=0, units_total=len(mine),
+                             units_done_before=len(mine) - len(todo))  # fmt: skip
+        job = SweepJob(store=store, cfg=cfg, parts=str(ledger.parts),
+                       predictions=str(ledger.predictions) if save_predictions else None,
+                       device=str(dev), inputs=inputs)  # fmt: skip
+        t_loop = time.perf_counter()
+        report.probes_fitted = _run_with_progress(job, todo, engine=engine, address=address,
+                                                  workers=workers, progress=progress)  # fmt: skip
+        loop_seconds = time.perf_counter() - t_loop
+        if shard_n > 1:
+            out_path = shard_path(out_path, shard_i, shard_n)
+            report.out = str(out_path)
+        result = _write_table(ledger, mine, cfg, out_path, seeds_per_unit=seeds_per_unit)
+        if shard_n == 1:
+            ledger.remove_stale(units)
     report.rows = len(result)
     if group_cols and shard_n == 1:
         report.subgroups = _subgroups(out_path, group_cols, store=store, labels=labels)
     report.seconds = loop_seconds if todo else time.perf_counter() - t_start
     _convergence(result, report, cfg)
     return report
+
+
+def _check_out(out: str) -> Path:
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(
+            f"--out {out!r} is a folder; pass the results file, e.g. {out}/results.parquet"
+        )
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise UsageError(f"--out {out!r}: the results table is Parquet; name it *.parquet")
+    return path
+
+
+def _run_with_progress(
+    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int,
+    progress: bool,
+) -> int:  # fmt: skip
+    from tqdm import tqdm
+
+    total = sum(unit_probes(job.cfg, u) for u in todo)
+    with tqdm(total=total, unit="probe", desc="sweep", file=sys.stderr,
+              disable=not progress or total == 0) as bar:  # fmt: skip
+        return _run_engine(job, todo, engine=engine, address=address, workers=workers,
+                           progress=bar.update)  # fmt: skip
+
+
+def _write_table(
+    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: Path, *, seeds_per_unit: int
+) -> pd.DataFrame:
+    """The results table: this run's (or shard's) parts in plan order."""
+    frames, counts = [], []
+    for u in mine:
+        name = ledger.part_name(u)
+        frame = pd.read_parquet(ledger.parts / f"{name}.parquet")
+        frames.append(frame)
+        counts.append((u.name, len(frame)))
+    result = pd.concat(frames, ignore_index=True) if frames else unit_frame([], cfg)
+    write_results(result, out_path, cfg, seeds_per_unit=seeds_per_unit, units=counts)
+    return result
+
+
+def _dry_run(
+    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: Path, *, overwrite: bool,
+    predictions: bool,
+) -> SweepReport:  # fmt: skip
+    """What the sweep would do: which units it would reuse and which it would compute (and
+    why: never computed, or computed from inputs that have changed)."""
+    reuse = [] if overwrite else [u for u in mine if ledger.done(u, predictions=predictions)]
+    todo = [u for u in mine if u not in set(reuse)]
+    changed = [u for u in todo if not overwrite and ledger.stale(u)]
+    report = SweepReport(out=str(out_path), rows=0, units_total=len(mine),
+                         units_done_before=len(reuse), dry_run=True)  # fmt: skip
+    report.plan = {
+        "reuse": len(reuse),
+        "compute": len(todo),
+        "compute_inputs_changed": len(changed),
+        "compute_new": len(todo) - len(changed),
+        "probes_to_fit": sum(unit_probes(cfg, u) for u in todo),
+        "by_feature_task": _by_feature_task(todo, changed),
+    }
+    return report
+
+
+def _by_feature_task(todo: list[Unit], changed: list[Unit]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    stale = set(changed)
+    for u in todo:
+        blank = {"feature": u.feature, "task": u.task, "units": 0, "inputs_changed": 0}
+        g = groups.setdefault((u.feature, u.task), blank)
+        g["units"] += 1
+        g["inputs_changed"] += u in stale
+    return list(groups.values())

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmprobe import locks
 from fmprobe.errors import UsageError, first_line
 from fmprobe.sweep.config import SweepConfig
-from fmprobe.sweep.plan import Unit, plan_units
+from fmprobe.sweep.plan import plan_units
 from fmprobe.sweep.tasks import Task
 from fmprobe.tables import atomic_path
 
@@ -158,20 +159,20 @@ def write_predictions(
     y_test: np.ndarray,
     task: Task,
     ids: np.ndarray,
-    folder: Path,
-    unit: Unit,
+    path: Path,
 ) -> None:
     """``--save-predictions``: each probe's test-set scores, one row per probe.
 
-    ``<out>.predictions/<unit>.parquet`` holds the key columns (feature, task, probe, sampler,
-    n, seed, status), ``test`` (the name of the test table) and ``scores``: float32, T values
-    for binary tasks (the class-1 score), T·K row-major for K classes. ``test-<digest>.parquet``
+    ``path`` (``<out>.predictions/<unit part>.parquet``) holds the key columns (feature,
+    task, probe, sampler, n, seed, status), ``test`` (the name of the test table) and
+    ``scores``: float32, T values for binary tasks (the class-1 score), T·K row-major for K
+    classes. ``test-<digest>.parquet``
     lists that test set in score order: ``id``, ``row`` (store row) and ``y`` (class code).
     """
     digest = hashlib.sha256(task.name.encode() + b"|")
     digest.update(np.ascontiguousarray(test_rows, dtype=np.int64).tobytes())
     test_name = "test-" + digest.hexdigest()[:16]
-    test_path = folder / f"{test_name}.parquet"
+    test_path = path.with_name(f"{test_name}.parquet")
     if not test_path.exists():
         table = pd.DataFrame({"id": np.asarray(ids[test_rows]).astype(str),
                               "row": test_rows.astype(np.int64),
@@ -183,7 +184,7 @@ def write_predictions(
     table["test"] = test_name
     table["n_classes"] = task.n_classes
     table["scores"] = [np.asarray(r["_scores"], np.float32).ravel() for r in fitted]
-    write_part(table, folder / f"{unit.name}.parquet")
+    write_part(table, path)
 
 
 def shard_path(out: Path, i: int, n: int) -> Path:
@@ -191,17 +192,26 @@ def shard_path(out: Path, i: int, n: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
 
 
-def write_results(df: pd.DataFrame, path: Path, cfg: SweepConfig, *, seeds_per_unit: int) -> None:
-    """The results table, with the sweep's configuration in the Parquet metadata (so that
-    ``merge`` can check that shards belong together and order their rows as one run)."""
+def write_results(
+    df: pd.DataFrame,
+    path: Path,
+    cfg: SweepConfig,
+    *,
+    seeds_per_unit: int,
+    units: Sequence[tuple[str, int]],
+) -> None:
+    """The results table, with the sweep's configuration and its units (name and row count, in
+    the table's order) in the Parquet metadata, so that ``merge`` can check that shards belong
+    together and order their rows as one run."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tbl = pa.Table.from_pandas(df, preserve_index=False)
     meta = json.dumps(
-        {"digest": cfg.digest(), "config": asdict(cfg), "seeds_per_unit": seeds_per_unit},
+        {"digest": cfg.digest(), "config": asdict(cfg), "seeds_per_unit": seeds_per_unit,
+         "units": [list(u) for u in units]},
         default=str,
-    )
+    )  # fmt: skip
     tbl = tbl.replace_schema_metadata(
         {**(tbl.schema.metadata or {}), SWEEP_META_KEY: meta.encode()}
     )
@@ -244,29 +254,35 @@ def merge(*, parts: Sequence[str], out: str) -> pd.DataFrame:
         raise UsageError("sweep merge: the tables come from sweeps with different settings")
     cfg = SweepConfig.from_dict(metas[0]["config"])
     per_unit = int(metas[0]["seeds_per_unit"])
-    units = plan_units(cfg, seeds_per_unit=per_unit)
-    rank = {}
-    for i, u in enumerate(units):
-        for seed in u.seeds:
-            rank[(u.feature, u.task, u.probe, u.sampler, seed)] = i
-    df = pd.concat(frames, ignore_index=True)
-    base_probe = df["probe"].where(~df["probe"].str.startswith("knn"), "knn")
-    key = list(zip(df["feature"], df["task"], base_probe, df["sampler"], df["seed"], strict=True))
-    unit_of = np.array([rank.get(k, -1) for k in key])
-    if (unit_of < 0).any():
-        raise UsageError("sweep merge: rows that are not in the sweep's plan")
-    if df.assign(_u=unit_of).duplicated(["_u", "probe", "n", "seed"]).any():
-        raise UsageError(
-            "sweep merge: a unit appears in more than one table (the same shard twice?)"
-        )
-    missing = len(units) - len(set(unit_of.tolist()))
+    plan = [u.name for u in plan_units(cfg, seeds_per_unit=per_unit)]
+    rank = {name: i for i, name in enumerate(plan)}
+    seen: dict[str, int] = {}
+    unit_of, frames_out = [], []
+    for m, frame in zip(metas, frames, strict=True):
+        listed = [(str(name), int(count)) for name, count in m.get("units", [])]
+        if sum(c for _, c in listed) != len(frame):
+            raise UsageError("sweep merge: a table's rows do not match its units; rerun that shard")
+        for name, count in listed:
+            if name not in rank:
+                raise UsageError("sweep merge: rows that are not in the sweep's plan")
+            if name in seen:
+                raise UsageError(
+                    "sweep merge: a unit appears in more than one table (the same shard twice?)"
+                )
+            seen[name] = count
+            unit_of += [rank[name]] * count
+        frames_out.append(frame)
+    missing = len(plan) - len(seen)
     if missing:
         raise UsageError(
-            f"sweep merge: {missing} of {len(units)} work units are in none of the tables; "
+            f"sweep merge: {missing} of {len(plan)} work units are in none of the tables; "
             "run the missing shards (or the sweep without --shard) first"
         )
+    df = pd.concat(frames_out, ignore_index=True)
     # one run's order: plan units in order, rows within a unit as they were written
-    df = df.assign(_u=unit_of, _i=np.arange(len(df))).sort_values(["_u", "_i"], kind="stable")
-    df = df.drop(columns=["_u", "_i"]).reset_index(drop=True)
-    write_results(df, Path(out), cfg, seeds_per_unit=per_unit)
+    order = np.lexsort((np.arange(len(df)), np.asarray(unit_of)))
+    df = df.iloc[order].reset_index(drop=True)
+    units = sorted(seen.items(), key=lambda u: rank[u[0]])
+    with locks.writer(out, "results", what=f"the sweep results {out!r}"):
+        write_results(df, Path(out), cfg, seeds_per_unit=per_unit, units=units)
     return df

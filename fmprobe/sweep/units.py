@@ -24,7 +24,8 @@ from fmprobe.probes.logreg import kernel_max_n
 from fmprobe.probes.metrics import classification_metrics
 from fmprobe.store import FeatureStore, open_store, read_strings
 from fmprobe.sweep.config import RANDOM_SAMPLER, SweepConfig
-from fmprobe.sweep.plan import Unit, label_counts, n_status
+from fmprobe.sweep.ledger import part_name
+from fmprobe.sweep.plan import Unit, label_counts, n_status, unit_label_count
 from fmprobe.sweep.results import FITTED, unit_frame, write_part, write_predictions
 from fmprobe.sweep.splits import Split, sweep_split
 from fmprobe.sweep.subsets import nested_orders, selected_subset
@@ -43,6 +44,11 @@ class SweepJob:
     parts: str
     predictions: str | None
     device: str
+    inputs: tuple[tuple[str, str, str], ...]  # (feature, task, digest): see sweep.ledger
+
+    def part_name(self, unit: Unit) -> str:
+        """The file name (without ``.parquet``) of the unit's part and predictions."""
+        return part_name(unit, self.inputs)
 
 
 @dataclass
@@ -217,21 +223,27 @@ def _batch_step(cfg: SweepConfig, unit: Unit, data: PoolData, n: int, batch_limi
     return max(1, limit // max(1, per_problem))
 
 
+def _unit_ns(cfg: SweepConfig, unit: Unit, pool_size: int) -> list[int]:
+    n = unit_label_count(cfg, unit, pool_size)
+    return [] if n is None else [n]
+
+
 def run_unit(
     unit: Unit, data: PoolData, task: Task, cfg: SweepConfig, *, batch_limit: int
 ) -> Iterator[dict[str, Any]]:
     """Fit every (n, seed) problem of a unit; yield one result row per probe variant."""
     pool_size = len(data.y_pool)
-    ns = label_counts(cfg, pool_size)
+    # the orderings up to the plan's largest n: every unit of a seed shares them (nested)
+    n_max = min(pool_size, max(label_counts(cfg, pool_size)))
     random = unit.sampler == RANDOM_SAMPLER
-    orders = nested_orders(data.y_pool, unit.seeds, min(pool_size, max(ns))) if random else {}
+    orders = nested_orders(data.y_pool, unit.seeds, n_max) if random else {}
     variants = cfg.probe_settings(unit.probe).variants
     base = {"feature": unit.feature, "task": task.name, "sampler": unit.sampler,
             "n_test": len(data.y_test), "n_classes": task.n_classes}  # fmt: skip
     X_src, X_test = data.centred() if unit.probe == "logreg" else (data.X_pool, data.X_test)
     ctx = _UnitContext(unit, data, task, cfg, X_src, X_test, base)
     pool_key = hashlib.sha256(np.ascontiguousarray(data.pool).tobytes()).hexdigest()
-    for n in ns:
+    for n in _unit_ns(cfg, unit, pool_size):
         status = n_status(n, pool_size, task, unit.sampler)
         if status != "ok":
             for seed in unit.seeds:
@@ -299,11 +311,11 @@ def _attnpool_unit(
     tokens = [fs.root[f"{model}/{b}/tokens"] for b in blocks.split("+")]
     config = AttnPoolConfig(**json.loads(cfg.attnpool or "{}"))
     pool_size = len(data.pool)
-    ns = label_counts(cfg, pool_size)
-    orders = nested_orders(data.y_pool, unit.seeds, min(pool_size, max(ns)))
+    n_max = min(pool_size, max(label_counts(cfg, pool_size)))
+    orders = nested_orders(data.y_pool, unit.seeds, n_max)
     base = {"feature": unit.feature, "task": task.name, "sampler": unit.sampler,
             "n_test": len(data.test), "n_classes": task.n_classes, "probe": "attnpool"}  # fmt: skip
-    for n in ns:
+    for n in _unit_ns(cfg, unit, pool_size):
         status = n_status(n, pool_size, task, unit.sampler)
         if status != "ok":
             for seed in unit.seeds:
@@ -386,11 +398,12 @@ class UnitRunner:
                     if progress is not None:
                         progress(1)
             if preds is not None:  # before the results part, which marks the unit done
+                kept = preds / f"{job.part_name(unit)}.parquet"
                 write_predictions(rows, test_rows=data.test, y_test=data.y_test.cpu().numpy(),
-                                  task=task, ids=fs.ids, folder=preds, unit=unit)  # fmt: skip
+                                  task=task, ids=fs.ids, path=kept)  # fmt: skip
             for row in rows:
                 row.pop("_scores", None)
-            write_part(unit_frame(rows, cfg), parts / f"{unit.name}.parquet")
+            write_part(unit_frame(rows, cfg), parts / f"{job.part_name(unit)}.parquet")
             fitted += sum(1 for r in rows if r["status"] in FITTED)
             fault_hook_for_tests()
         return fitted
