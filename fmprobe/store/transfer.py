@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from fmprobe import tables
-from fmprobe.errors import StoreError, UsageError
+from fmprobe.errors import StoreError, UsageError, first_line
 from fmprobe.store.core import ATTR, FeatureStore, open_store, store_exists
-from fmprobe.store.write import create_store
+from fmprobe.store.layout import feature_array_options
+from fmprobe.store.write import add_columns, create_store
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
 
@@ -19,6 +21,21 @@ _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._
 def _read_matrix(path: Path, dataset: str | None) -> np.ndarray:
     if not path.is_file():
         raise UsageError(f"--features {str(path)!r} does not exist")
+    try:
+        matrix = _load_matrix(path, dataset)
+    except UsageError:
+        raise
+    except Exception as exc:  # a damaged file: numpy and h5py raise many types
+        raise UsageError(f"--features {str(path)!r} cannot be read ({first_line(exc)})") from None
+    if matrix.dtype.kind not in "fiub":
+        raise UsageError(
+            f"--features {str(path)!r} holds {matrix.dtype} values; features must be numbers "
+            "(float or int)"
+        )
+    return matrix
+
+
+def _load_matrix(path: Path, dataset: str | None) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix in (".h5", ".hdf5"):
@@ -103,20 +120,20 @@ def import_features(
                 "import into a new store or fix the table"
             )
         order = pos.loc[ids].to_numpy()
-    if name in fs.root:
-        if not overwrite:
-            raise StoreError(
-                f"{name!r} already exists in {fs.path}; pass --overwrite to replace it"
-            )
-        del fs.root[name]
+        add_columns(fs, table.iloc[order].reset_index(drop=True))
+    _replaceable(fs, name, overwrite=overwrite)
     data = matrix[order]
+    dims = ("sample", "feature") if data.ndim == 2 else ("sample", "token", "feature")
+    fill = 0 if data.dtype.kind in "iub" else np.nan
     arr = fs.root.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=(min(len(data), 4096), *data.shape[1:])
-    )
+        name, shape=data.shape, dtype=data.dtype, fill_value=fill, overwrite=True,
+        chunks=(min(len(data), 4096), *data.shape[1:]), **feature_array_options(dims),
+    )  # fmt: skip
     arr[...] = data
     arr.attrs[ATTR] = {
         "kind": "feature",
         "imported": True,
+        "identity": "sha256:" + sha,
         "source": str(Path(features).resolve()),
         "sha256": sha,
         "model": None,
@@ -126,35 +143,63 @@ def import_features(
     return fs
 
 
+def _replaceable(fs: FeatureStore, name: str, *, overwrite: bool) -> None:
+    """``name`` may be written: new, or an imported feature replaced with ``overwrite``."""
+    if name not in fs.root:
+        if any(name.startswith(f"{m}/") for m in fs.models()):
+            raise StoreError(
+                f"--name {name!r} lies inside the model group {name.split('/')[0]!r} written by "
+                "fmprobe embed; pick another name"
+            )
+        return
+    node = fs.root[name]
+    meta = node.attrs.get(ATTR, {})
+    if isinstance(node, zarr.Group) or meta.get("kind") != "feature" or not meta.get("imported"):
+        what = "a model group written by fmprobe embed" if meta.get("kind") == "model" else (
+            "an embedded feature" if meta.get("kind") == "feature" else "a group of the store"
+        )  # fmt: skip
+        raise StoreError(
+            f"--name {name!r} is {what}, not an imported feature: store import never replaces "
+            "it; pick another name (replace embedded features with `fmprobe embed --overwrite`)"
+        )
+    if not overwrite:
+        raise StoreError(f"{name!r} already exists in {fs.path}; pass --overwrite to replace it")
+
+
 def export_feature(
     store: str | Path, *, key: str, out: str | Path, table: str | Path | None = None
 ) -> Path:
     """Write feature ``key`` to ``out`` (.npy, or .h5 with ``ids`` and the sample columns);
-    ``table`` optionally writes the samples table (CSV/Parquet) beside a .npy."""
-    fs = open_store(store)
-    data = fs.read_feature(key)
+    ``table`` optionally writes the samples table (CSV/Parquet) beside a .npy. Every file is
+    written to a temporary name and renamed into place."""
     out = Path(out)
-    samples = fs.samples()
-    if out.suffix == ".npy":
-        np.save(out, data)
-    elif out.suffix in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(out, "w") as f:
-            f.create_dataset("features", data=data)
-            for col in samples.columns:
-                values = samples[col].to_numpy()
-                if values.dtype.kind in "UOT":
-                    f.create_dataset(col if col != "id" else "ids", data=values.astype("S"))
-                else:
-                    f.create_dataset(col, data=values)
-            f.attrs["feature"] = key
-    else:
+    if out.suffix not in (".npy", ".h5", ".hdf5"):
         raise UsageError(f"--out {str(out)!r}: expected a .npy or .h5/.hdf5 file")
     if table is not None:
-        table = Path(table)
-        if table.suffix == ".parquet":
-            samples.to_parquet(table, index=False)
+        tables.table_format(table, what="--table")
+    fs = open_store(store)
+    data = fs.read_feature(key)
+    samples = fs.samples()
+    with tables.atomic_path(out, what="--out") as tmp:
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, data)
         else:
-            samples.to_csv(table, index=False)
+            _write_h5(tmp, data, samples, key)
+    if table is not None:
+        tables.write_table(samples, table, what="--table")
     return out
+
+
+def _write_h5(path: Path, data: np.ndarray, samples: pd.DataFrame, key: str) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=data)
+        for col in samples.columns:
+            values = samples[col].to_numpy()
+            if values.dtype.kind in "UOT":
+                f.create_dataset(col if col != "id" else "ids", data=values.astype("S"))
+            else:
+                f.create_dataset(col, data=values)
+        f.attrs["feature"] = key

@@ -28,27 +28,54 @@ from fmprobe.store.integrity import Damage, missing_chunks, undecodable_chunks
 from fmprobe.store.layout import ATTR, FORMAT_VERSION, feature_array_options
 
 
+def _write_column(group: zarr.Group, name: str, col: pd.Series) -> str:
+    """One ``samples/<name>`` array; returns the column's pandas dtype (recorded)."""
+    n = len(col)
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        values = col.to_numpy()
+        if values.dtype == object:
+            values = values.astype(np.float64)
+    else:
+        values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
+    dtype: Any = str if values.dtype.kind == "U" else values.dtype
+    arr = group.create_array(
+        name, shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=dtype, dimension_names=("sample",)
+    )
+    arr[:] = values
+    return str(col.dtype)
+
+
 def write_samples(root: zarr.Group, table: pd.DataFrame) -> None:
     """``samples/<column>`` arrays from ``table`` (``id`` first), their dtypes recorded."""
     group = root.create_group("samples", overwrite=True)
-    columns: dict[str, str] = {}
-    n = len(table)
-    chunk = max(1, min(n, 65536))
-    for name in table.columns:
-        col = table[name]
-        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
-            values = col.to_numpy()
-            if values.dtype == object:
-                values = values.astype(np.float64)
-        else:
-            values = np.asarray(["" if pd.isna(v) else str(v) for v in col], dtype=str)
-        dtype: Any = str if values.dtype.kind == "U" else values.dtype
-        arr = group.create_array(
-            str(name), shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("sample",)
-        )
-        arr[:] = values
-        columns[str(name)] = str(col.dtype)
+    columns = {str(name): _write_column(group, str(name), table[name]) for name in table.columns}
     group.attrs[ATTR] = {"columns": columns}
+
+
+def add_columns(fs: FeatureStore, table: pd.DataFrame) -> list[str]:
+    """Add the columns of ``table`` (rows in store order, ``id`` first) that the store's samples
+    lack; a column it has with other values is refused. Returns the names added."""
+    have = fs.samples()
+    added = []
+    for name in table.columns:
+        if name == "id":
+            continue
+        if name in have.columns:
+            same = have[name].astype(str).to_numpy() == table[name].astype(str).to_numpy()
+            if not same.all():
+                raise StoreError(
+                    f"--labels column {name!r} differs from the store's column of that name in "
+                    f"{int((~same).sum())} rows; rename it, or import into a new store"
+                )
+            continue
+        added.append(str(name))
+    if added:
+        group = fs.root["samples"]
+        columns = dict(group.attrs.get(ATTR, {}).get("columns", {}))
+        for name in added:  # each column its own array; the listing last, once they exist
+            columns[name] = _write_column(group, name, table[name])
+        group.attrs[ATTR] = {**group.attrs.get(ATTR, {}), "columns": columns}
+    return added
 
 
 def create_store(

@@ -64,8 +64,15 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
     )
     # start every worker now (the executor spawns them lazily, one per submission)
-    for f in [ex.submit(_noop) for _ in range(workers)]:
-        f.result()
+    try:
+        for f in [ex.submit(_noop) for _ in range(workers)]:
+            f.result()
+    except BrokenProcessPool:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise FmprobeError(
+            "a sweep worker process died while starting (out of memory? killed?); nothing was "
+            "run: rerun the same command, or use fewer --workers"
+        ) from None
     _POOL = (workers, ex)
     return ex
 
