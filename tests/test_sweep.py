@@ -60,7 +60,9 @@ def test_stratified_and_grouped_splits() -> None:
     assert np.array_equal(c.test, np.arange(700, 1000))
     with pytest.raises(UsageError, match="'train', 'test' or 'val'"):
         make_split(n_rows=3, split_values=np.array(["train", "dev", "test"]), split_col="split")
-    v = make_split(n_rows=4, split_values=np.array(["train", "val", "test", "train"]), split_col="s")
+    v = make_split(
+        n_rows=4, split_values=np.array(["train", "val", "test", "train"]), split_col="s"
+    )
     assert list(v.train) == [0, 3] and list(v.test) == [2]  # val rows: neither side
 
 

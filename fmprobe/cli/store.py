@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import friendly
+from fmprobe.cli.common import friendly, json_option
 
 
 @click.group("store")
@@ -18,8 +18,9 @@ def store() -> None:
 @store.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also read every chunk and check its checksum.")
 @friendly
-def store_info(path: str, as_json: bool) -> None:
+def store_info(path: str, as_json: bool, verify: bool) -> None:
     """List the features of a store with their shapes.
 
     \b
@@ -28,7 +29,7 @@ def store_info(path: str, as_json: bool) -> None:
     """
     from fmprobe.store import store_info as info
 
-    result = info(path)
+    result = info(path, verify=verify)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
 
 
@@ -41,8 +42,9 @@ def store_info(path: str, as_json: bool) -> None:
 )
 @click.option("--dataset", default=None, help="HDF5 dataset name when the file holds several.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature of that name.")
+@json_option
 @friendly
-def store_import(path: str, **opts: Any) -> None:
+def store_import(path: str, as_json: bool, **opts: Any) -> None:
     """Bring in embeddings computed elsewhere.
 
     \b
@@ -53,6 +55,8 @@ def store_import(path: str, **opts: Any) -> None:
 
     fs = import_features(path, **opts)
     click.echo(f"imported {opts['name']} ({fs.n} rows) into {path}", err=True)
+    if as_json:
+        click.echo(json.dumps({"store": path, "name": opts["name"], "rows": fs.n}))
 
 
 @store.command("export")
@@ -66,8 +70,9 @@ def store_import(path: str, **opts: Any) -> None:
     "--out", required=True, help="A .npy or .h5 file (.h5 also holds ids and sample columns)."
 )
 @click.option("--table", default=None, help="Also write the samples table (CSV or Parquet).")
+@json_option
 @friendly
-def store_export(path: str, key: str, out: str, table: str | None) -> None:
+def store_export(path: str, key: str, out: str, table: str | None, as_json: bool) -> None:
     """Write a feature to HDF5 or .npy.
 
     \b
@@ -78,3 +83,5 @@ def store_export(path: str, key: str, out: str, table: str | None) -> None:
 
     export_feature(path, key=key, out=out, table=table)
     click.echo(f"wrote {out}", err=True)
+    if as_json:
+        click.echo(json.dumps({"store": path, "key": key, "out": out, "table": table}))

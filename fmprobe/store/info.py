@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fmprobe.store.core import FeatureInfo, open_store
+from fmprobe.store.integrity import Damage, missing_chunks, undecodable_chunks
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class StoreInfo:
     columns: list[str]
     models: list[ModelInfo]
     features: list[FeatureInfo]
+    damaged: list[Damage]
+    verified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``store info --json``."""
@@ -79,6 +83,11 @@ class StoreInfo:
                 for m in self.models
             ],
             "features": [f.to_dict() for f in self.features],
+            "damaged": [
+                {"key": d.key, "start": d.start, "stop": d.stop, "reason": d.reason}
+                for d in self.damaged
+            ],
+            "verified": self.verified,
         }
 
     def text(self, *, max_unreadable: int = 10) -> str:
@@ -105,12 +114,16 @@ class StoreInfo:
             flag = "" if f.complete else "  (incomplete)"
             flag += "  (imported)" if f.imported else ""
             lines.append(f"  {f.key:<{width}}  {shape:>14}  {f.dtype}{flag}")
+        lines += [f"damaged: {d.text()}" for d in self.damaged]
+        if self.verified and not self.damaged:
+            lines.append("verified: every chunk is present and passes its checksum")
         return "\n".join(lines)
 
 
-def store_info(store: str | Path) -> StoreInfo:
+def store_info(store: str | Path, *, verify: bool = False) -> StoreInfo:
     """Summarise the store at ``store``: dataset, columns, models (complete or not, unreadable
-    images) and features with their shapes.
+    images) and features with their shapes. A feature is complete when its model's ledger is
+    and every chunk it should hold is stored; ``verify`` also reads every chunk (checksums).
 
     Examples
     --------
@@ -134,11 +147,21 @@ def store_info(store: str | Path) -> StoreInfo:
                 unreadable=list(fs.errors(m).itertuples(index=False, name=None)),
             )
         )
+    features, damaged = [], []
+    for f in fs.features():
+        arr = fs.root[f.key]
+        found = missing_chunks(arr, f.key) if f.complete else []
+        if verify and f.complete and not found:
+            found = undecodable_chunks(arr, f.key)
+        damaged += found
+        features.append(dataclasses.replace(f, complete=f.complete and not found))
     return StoreInfo(
         path=fs.path,
         n_samples=fs.n,
         dataset=fs.meta.get("dataset", {}),
         columns=[c for c in fs.samples().columns if c != "id"],
         models=models,
-        features=fs.features(),
+        features=features,
+        damaged=damaged,
+        verified=verify,
     )

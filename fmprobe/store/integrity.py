@@ -95,6 +95,8 @@ def undecodable_chunks(arr: zarr.Array, key: str) -> list[Damage]:
             arr[start:stop]
         except Exception as exc:  # checksum mismatch, codec errors: many types
             reason = first_line(exc)
+            if "checksum" in reason.lower():
+                reason = "checksum mismatch: the chunk file was damaged"
             out.append(Damage(key, start, stop, reason))
     return out
 
