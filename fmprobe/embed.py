@@ -207,8 +207,9 @@ def _create_model_group(
 ) -> zarr.Group:
     n = fs.n
     x = encoder.transform(Image.new("RGB", (64, 64)))[None]
+    recipe = encoder.embedding_recipe
     with torch.inference_mode():
-        out = encoder.forward(x.to(device), layers, attn="attn" in pools)
+        out = encoder.forward(x.to(device), layers, attn="attn" in pools, embedding=bool(recipe))
     group = fs.root.create_group(key, overwrite=True)
     n_chunks = -(-n // chunk_rows)
     group.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
@@ -233,6 +234,13 @@ def _create_model_group(
                 fill_value=np.nan,
             )
             arr.attrs[ATTR] = {"kind": "feature", "model": key, "layer": layer, "pool": "tokens"}
+    if recipe is not None and out.embedding is not None:
+        w = out.embedding.shape[1]
+        arr = group.create_array(
+            "embedding", shape=(n, w), chunks=(chunk_rows, w), dtype=dtype, fill_value=np.nan
+        )
+        arr.attrs[ATTR] = {"kind": "feature", "model": key, "layer": None, "pool": "embedding",
+                           "recipe": recipe.to_dict()}  # fmt: skip
     group.attrs[ATTR] = {
         "kind": "model",
         "model": encoder.describe(),
@@ -349,6 +357,7 @@ def embed(
     resolved, pool_list = tuple(meta["layers"]), tuple(meta["pools"])
     features = [f"{key}/block{i}/{p}" for i in resolved for p in pool_list]
     features += [f"{key}/block{i}/tokens" for i in resolved] if tokens else []
+    features += [f"{key}/embedding"] if "embedding" in group else []
     if engine == "ray":
         from fmprobe.embed_ray import embed_on_ray
 
@@ -529,6 +538,9 @@ def _run(
         encoder.model.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else nullcontext()
     arrays = {(i, p): group[f"block{i}/{p}"] for i in layers for p in pools}
+    with_embedding = "embedding" in group
+    if with_embedding:
+        arrays[(-1, "embedding")] = group["embedding"]  # the published embedding, no layer
     token_arrays = {i: group[f"block{i}/tokens"] for i in layers} if tokens else {}
     total_rows = sum(len(b) for b in batches)
     t0 = time.perf_counter()
@@ -571,7 +583,10 @@ def _run(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast:
-                    out = encoder.forward(x, layers, attn="attn" in pools)
+                    out = encoder.forward(x, layers, attn="attn" in pools, embedding=with_embedding)
+                if out.embedding is not None:
+                    emb = out.embedding.float().cpu().numpy()
+                    buf["pooled"][(-1, "embedding")][local] = emb
                 attn = out.attn.float() if out.attn is not None else None
                 for li, layer in enumerate(layers):
                     patch = out.patch[li].float()
