@@ -66,8 +66,8 @@ def parse_model_name(spec: str) -> ModelSpec:
     ModelSpec(source='timm', name='hf-hub:paige-ai/Virchow2', pretrained=None, preset='virchow2')
     >>> parse_model_name("timm:hf-hub:MahmoodLab/UNI").key
     'timm-hf-hub_MahmoodLab_UNI'
-    >>> parse_model_name("timm:vit_small_patch16_224.augreg_in21k")
-    ModelSpec(source='timm', name='vit_small_patch16_224.augreg_in21k', pretrained=None)
+    >>> parse_model_name("timm:vit_small_patch16_224.augreg_in21k").name
+    'vit_small_patch16_224.augreg_in21k'
     >>> parse_model_name("open_clip:ViT-B-32/laion2b_s34b_b79k").pretrained
     'laion2b_s34b_b79k'
     >>> parse_model_name("open_clip:hf-hub:org/repo").name

@@ -7,6 +7,9 @@ code does), the architecture fmprobe builds offline for ``--random-init`` and ``
 the embedding the authors report results with. Every recipe names where it was read
 (``reference``: the model card; ``recipe_from``: the loading code it was checked against).
 
+The presets tables of the README and of ``docs/guide/models.md`` are generated from this
+registry: ``update_generated(["README.md", "docs/guide/models.md"])`` rewrites them.
+
 >>> get_preset("virchow2").embedding.width
 2560
 >>> [p.name for p in list_presets("dinov2-*")]
@@ -16,8 +19,10 @@ the embedding the authors report results with. Every recipe names where it was r
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm.layers
@@ -103,9 +108,22 @@ class EmbeddingRecipe:
     kind: str
     width: int
     description: str
+    label: str = ""  # a short name for tables; default from ``kind``
+
+    def __post_init__(self) -> None:
+        if self.kind not in EMBEDDING_KINDS:
+            raise ValueError(f"embedding kind {self.kind!r}: one of {', '.join(EMBEDDING_KINDS)}")
+        if not self.label:
+            default = {"cls": "CLS", "cls+mean": "CLS ⊕ mean patch", "head": "pooled head"}
+            object.__setattr__(self, "label", default[self.kind])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "width": self.width, "description": self.description}
+        return {
+            "kind": self.kind,
+            "width": self.width,
+            "label": self.label,
+            "description": self.description,
+        }
 
 
 @dataclass(frozen=True)
@@ -443,7 +461,7 @@ PRESETS: tuple[Preset, ...] = (
         preprocess=_pp(448, 448, "bicubic", OPENAI_MEAN, OPENAI_STD),
         embedding=EmbeddingRecipe("head", 512, "attention-pooled image embedding before the "
                                   "contrastive projection (encode_image(proj_contrast=False, "
-                                  "normalize=False))"),
+                                  "normalize=False))", "attention-pooled"),
         num_blocks=12, num_prefix_tokens=1, license="CC-BY-NC-ND-4.0", gated=True,
         modality="pathology", reference="https://huggingface.co/MahmoodLab/CONCH",
         recipe_from=f"mahmoodlab/CONCH open_clip_custom (conch_ViT-B-16.json, vision_tower.py); "
@@ -475,7 +493,7 @@ PRESETS: tuple[Preset, ...] = (
                                   "heads": 1, "layers": 1}},
         preprocess=_pp(224, 224, "bicubic", OPENAI_MEAN, OPENAI_STD),
         embedding=EmbeddingRecipe("head", 512, "projected image embedding (encode_image, not "
-                                  "L2-normalised)"),
+                                  "L2-normalised)", "projected image"),
         num_blocks=12, num_prefix_tokens=1, license="MIT", gated=False, modality="radiology",
         reference="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         recipe_from="the card's open_clip example; its open_clip_config.json (also open_clip "
@@ -488,7 +506,7 @@ PRESETS: tuple[Preset, ...] = (
         # Card: resize to 448 × 448 (bilinear), values scaled to [-1, 1].
         preprocess=_pp(448, 448, "bilinear", HALF, HALF, squash=True),
         embedding=EmbeddingRecipe("head", 1152, "image embedding of the attention-pooling head "
-                                  "(get_image_features, not L2-normalised)"),
+                                  "(get_image_features, not L2-normalised)", "MAP head"),
         num_blocks=27, num_prefix_tokens=0,
         license="Health AI Developer Foundations terms", gated=True, modality="radiology",
         reference="https://huggingface.co/google/medsiglip-448",
@@ -503,7 +521,7 @@ PRESETS: tuple[Preset, ...] = (
         name="resnet50-imagenet", library="timm", source="resnet50.tv_in1k", arch="resnet50",
         preprocess=_pp(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
         embedding=EmbeddingRecipe("head", 2048, "global average pool of the last stage "
-                                  "(model(x) with num_classes=0)"),
+                                  "(model(x) with num_classes=0)", "global average pool"),
         num_blocks=5, num_prefix_tokens=0, license="BSD-3-Clause", gated=False,
         modality="general", reference="https://huggingface.co/timm/resnet50.tv_in1k",
         recipe_from="torchvision ResNet50_Weights.IMAGENET1K_V1 (timm tv_in1k data config); "
@@ -515,7 +533,7 @@ PRESETS: tuple[Preset, ...] = (
         arch_kwargs={"force_quick_gelu": True},
         preprocess=_pp(224, 224, "bicubic", OPENAI_MEAN, OPENAI_STD),
         embedding=EmbeddingRecipe("head", 512, "projected image embedding (encode_image, not "
-                                  "L2-normalised)"),
+                                  "L2-normalised)", "projected image"),
         num_blocks=12, num_prefix_tokens=1, license="MIT", gated=False, modality="general",
         reference="https://huggingface.co/openai/clip-vit-base-patch16",
         recipe_from="openai/CLIP clip.load('ViT-B/16') (QuickGELU, bicubic resize and centre "
@@ -528,7 +546,7 @@ PRESETS: tuple[Preset, ...] = (
                      "num_attention_heads": 16, "patch_size": 14, "image_size": 384},
         preprocess=_pp(384, 384, "bicubic", HALF, HALF, squash=True),
         embedding=EmbeddingRecipe("head", 1152, "image embedding of the attention-pooling head "
-                                  "(get_image_features, not L2-normalised)"),
+                                  "(get_image_features, not L2-normalised)", "MAP head"),
         num_blocks=27, num_prefix_tokens=0, license="Apache-2.0", gated=False,
         modality="general", reference="https://huggingface.co/google/siglip-so400m-patch14-384",
         recipe_from="the card's transformers example; its preprocessor_config.json",
@@ -576,22 +594,97 @@ def preset_for_hub(repo: str) -> Preset | None:
     return None
 
 
-def presets_table(presets: list[Preset] | None = None) -> str:
-    """The presets as a Markdown table (the one in the README and the models guide)."""
+def no_match_error(pattern: str) -> ModelError:
+    """No model matches ``pattern``: close preset names, and how to list the others."""
+    return ModelError(
+        f"no model matches {pattern!r}{did_you_mean(pattern.lower(), _BY_NAME)}; list the "
+        "presets with `fmprobe models --zoo`, library names with e.g. `fmprobe models "
+        "'timm:*vit*'`"
+    )
+
+
+def _weights_label(p: Preset) -> str:
+    if p.weights_url:
+        return f"{p.library}:{p.arch} + release file"
+    return p.source_text
+
+
+def presets_table(presets: list[Preset] | None = None, *, markdown: bool = True) -> str:
+    """The presets as a table: Markdown (the README's and the models guide's) or plain text.
+
+    >>> presets_table(list_presets("uni"), markdown=False).splitlines()[1].split()
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['uni', 'pathology', 'CLS', '1024', '24', '5,11,17,23', '224', 'yes', 'CC-BY-NC-ND-4.0',
+     'timm:hf-hub:MahmoodLab/UNI']
+    """
+    chosen = PRESETS if presets is None else presets
+    if not markdown:
+        head = ["preset", "modality", "embedding", "width", "blocks", "default layers",
+                "input", "gated", "licence", "weights"]  # fmt: skip
+        body = [
+            [p.name, p.modality, p.embedding.label, str(p.embedding.width),
+             str(p.num_blocks), ",".join(map(str, p.default_layers)), str(p.preprocess.size),
+             "yes" if p.gated else "no", p.license, _weights_label(p)]
+            for p in chosen
+        ]  # fmt: skip
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in [head, *body]]  # fmt: skip
+        return "\n".join(lines) + "\n"
     rows = [
         "| preset | modality | published embedding | blocks | default layers | input | "
         "weights | licence |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for p in PRESETS if presets is None else presets:
-        emb = {"cls": "CLS", "cls+mean": "CLS ⊕ mean patch", "head": "pooled head"}
+    for p in chosen:
         reg = f", {p.num_registers} registers" if p.num_registers else ""
         gated = " (gated)" if p.gated else ""
         needs = f"; needs `pip install {p.requires}`" if p.requires else ""
         rows.append(
-            f"| `{p.name}` | {p.modality} | {emb[p.embedding.kind]}, {p.embedding.width:,} | "
+            f"| `{p.name}` | {p.modality} | {p.embedding.label}, {p.embedding.width:,} | "
             f"{p.num_blocks}{reg} | {','.join(map(str, p.default_layers))} | "
-            f"{p.preprocess.size} px | [`{p.source_text}`]({p.reference}){gated}{needs} | "
+            f"{p.preprocess.size} px | [`{_weights_label(p)}`]({p.reference}){gated}{needs} | "
             f"{p.license} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def presets_details(presets: list[Preset] | None = None) -> str:
+    """Per preset, its published embedding in words and where the recipe was read (Markdown)."""
+    lines = []
+    for p in PRESETS if presets is None else presets:
+        e = p.embedding
+        lines.append(
+            f"- **`{p.name}`** ({e.width:,}): {e.description}. Recipe: [model card]"
+            f"({p.reference}); checked against {p.recipe_from}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+GENERATED = {"presets": presets_table, "preset-embeddings": presets_details}
+
+
+def fill_generated(text: str) -> str:
+    """``text`` with every ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->`` block of
+    ``GENERATED`` replaced by the registry's current content."""
+    for name, make in GENERATED.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{begin}\n{make()}{end}{tail}"
+    return text
+
+
+def update_generated(paths: list[str]) -> list[str]:
+    """Rewrite the generated blocks of ``paths`` (written atomically); returns those changed."""
+    changed = []
+    for path in paths:
+        old = Path(path).read_text(encoding="utf-8")
+        new = fill_generated(old)
+        if new != old:
+            tmp = Path(path + ".tmp")
+            tmp.write_text(new, encoding="utf-8")
+            os.replace(tmp, path)
+            changed.append(path)
+    return changed
