@@ -9,19 +9,33 @@ Each source has a backend with the same interface
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmprobe.encoders.base import Encoder, EncoderOutput, WeightsInfo, resolve_layers
 from fmprobe.encoders.pooling import POOLS, pool_tokens, published_embedding
 from fmprobe.encoders.spec import SOURCES, ModelSpec, parse_model_name
-from fmprobe.encoders.zoo import (
-    EmbeddingRecipe,
-    Preprocess,
-    Preset,
-    get_preset,
-    list_presets,
-    presets_table,
-)
+
+if TYPE_CHECKING:
+    from fmprobe.encoders.zoo import (
+        EmbeddingRecipe,
+        Preprocess,
+        Preset,
+        get_preset,
+        list_presets,
+        presets_table,
+    )
+
+# The registry imports timm (its presets hold timm's layer classes): loaded on first use, so
+# that importing fmprobe.encoders (fmprobe.embed, the sweep) stays light.
+_ZOO = ("EmbeddingRecipe", "Preprocess", "Preset", "get_preset", "list_presets", "presets_table")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ZOO:
+        from fmprobe.encoders import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'fmprobe.encoders' has no attribute {name!r}")
 
 __all__ = [
     "POOLS",
@@ -102,9 +116,11 @@ def list_encoders(filter: str = "", *, source: str | None = None) -> list[str]:
     >>> "timm:vit_small_patch16_224" in list_encoders("timm:vit_small*")  # doctest: +SKIP
     True
     """
+    from fmprobe.encoders.zoo import PRESETS
+
     names: list[str] = []
     if source in (None, "zoo"):
-        names += [p.name for p in list_presets()]
+        names += [p.name for p in PRESETS]
     if source in (None, "timm"):
         import timm
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,14 +281,18 @@ def load_state(
     module.load_state_dict(matched, strict=False)
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub client is in offline mode (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def go_offline_if_unreachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """Switch the Hugging Face Hub client to offline mode (cache only) when ``host`` cannot be
     reached, so a missing download fails in seconds instead of after a minute of retries.
     Returns True when offline."""
-    import os
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         return True
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -338,7 +343,12 @@ def hub_status(exc: BaseException) -> int | None:
 def hub_error(spec: ModelSpec, exc: BaseException, *, repo: str, offline: str) -> ModelError:
     """One line for a failed download from the Hugging Face hub: gated (HTTP 401/403, accept
     the terms and log in), no such repository, or unreachable (``offline`` says what to do)."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     causes = _causes(exc)
     status = hub_status(exc)
@@ -356,7 +366,13 @@ def hub_error(spec: ModelSpec, exc: BaseException, *, repo: str, offline: str) -
             f"{status or 'gated'}: gated weights); accept the model's terms on "
             f"https://huggingface.co/{repo}, then log in (`hf auth login`) or set HF_TOKEN"
         )
+    unreachable = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+    if hub_offline() or any(isinstance(e, unreachable) for e in causes):
+        return ModelError(
+            f"--model {spec.text}: {repo} must be downloaded from the Hugging Face hub, which is "
+            f"not reachable ({first_line(exc)}); {offline}"
+        )
     return ModelError(
-        f"--model {spec.text}: {repo} must be downloaded from the Hugging Face hub, which is not "
-        f"reachable ({first_line(exc)}); {offline}"
+        f"--model {spec.text}: loading {repo} from the Hugging Face hub failed "
+        f"({type(exc).__name__}: {first_line(exc)}); {offline}"
     )
