@@ -37,6 +37,7 @@ def __getattr__(name: str) -> Any:
         return getattr(zoo, name)
     raise AttributeError(f"module 'fmprobe.encoders' has no attribute {name!r}")
 
+
 __all__ = [
     "POOLS",
     "SOURCES",
