@@ -32,6 +32,10 @@ from fmprobe.errors import ModelError
     [
         ("timm:vit_small_patch16_224", ModelSpec("timm", "vit_small_patch16_224"), "timm-vit_small_patch16_224"),
         ("timm:vit_small_patch16_224.augreg_in21k", ModelSpec("timm", "vit_small_patch16_224.augreg_in21k"), "timm-vit_small_patch16_224.augreg_in21k"),
+        ("timm:hf-hub:MahmoodLab/UNI", ModelSpec("timm", "hf-hub:MahmoodLab/UNI"), "timm-hf-hub_MahmoodLab_UNI"),
+        ("uni", ModelSpec("timm", "hf-hub:MahmoodLab/UNI", preset="uni"), "uni"),
+        ("rad-dino", ModelSpec("hf", "microsoft/rad-dino", preset="rad-dino"), "rad-dino"),
+        ("kaiko-vitb8", ModelSpec("timm", "vit_base_patch8_224", preset="kaiko-vitb8"), "kaiko-vitb8"),
         ("open_clip:ViT-B-32", ModelSpec("open_clip", "ViT-B-32"), "open_clip-ViT-B-32"),
         ("open_clip:ViT-B-32/laion2b_s34b_b79k", ModelSpec("open_clip", "ViT-B-32", "laion2b_s34b_b79k"), "open_clip-ViT-B-32-laion2b_s34b_b79k"),
         ("open_clip:hf-hub:org/repo", ModelSpec("open_clip", "hf-hub:org/repo"), "open_clip-hf-hub_org_repo"),
@@ -49,7 +53,8 @@ def test_parse_model_name_table(text: str, expected: ModelSpec, key: str) -> Non
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("vit_small_patch16_224", ["no source prefix", "timm:"]),
+        ("vit_small_patch16_224", ["no source prefix", "timm:", "fmprobe models --zoo"]),
+        ("virchow3", ["not a preset", "'virchow2'?"]),
         ("torchvision:resnet50", ["unknown source", "timm, open_clip, hf"]),
         ("timm:", ["no source prefix"]),
         ("open_clip:/laion", ["architecture"]),

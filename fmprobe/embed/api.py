@@ -229,8 +229,10 @@ def _layout(encoder: Encoder, plan: _Plan, device: torch.device) -> GroupLayout:
             )
         pools = tuple(p for p in pools if p != "attn")
     x = encoder.transform(Image.new("RGB", (64, 64)))[None]
+    recipe = encoder.embedding_recipe
     with torch.inference_mode():
-        out = encoder.forward(x.to(device), layers, attn="attn" in pools)
+        out = encoder.forward(x.to(device), layers, attn="attn" in pools, embedding=bool(recipe))
+    width = int(out.embedding.shape[1]) if recipe is not None and out.embedding is not None else None
     return GroupLayout(
         layers=layers,
         widths=tuple(int(t.shape[2]) for t in out.patch),
@@ -239,6 +241,10 @@ def _layout(encoder: Encoder, plan: _Plan, device: torch.device) -> GroupLayout:
         tokens=plan.request.tokens,
         dtype=plan.request.dtype,
         chunk_rows=plan.request.chunk_rows,
+        embedding_width=int(out.embedding.shape[1])
+        if published and out.embedding is not None
+        else None,
+        embedding_recipe=recipe.to_dict() if published and recipe is not None else None,
     )
 
 
@@ -416,6 +422,7 @@ def _run(
     resolved, pool_list = tuple(meta["layers"]), tuple(meta["pools"])
     features = [f"{plan.key}/block{i}/{p}" for i in resolved for p in pool_list]
     features += [f"{plan.key}/block{i}/tokens" for i in resolved] if plan.request.tokens else []
+    features += [f"{plan.key}/embedding"] if "embedding" in group else []
     if engine == "ray":
         from fmprobe.embed.ray import embed_on_ray
 
@@ -431,9 +438,9 @@ def _run(
                              device=str(dev))  # fmt: skip
         if pending:
             run = ShardRun(layers=resolved, pools=pool_list, tokens=plan.request.tokens,
-                           embedding=False, batch_size=args["batch_size"], chunk_rows=chunk_rows,
-                           device=dev, num_workers=args["num_workers"], strict=args["strict"],
-                           amp=args["amp"], progress=progress)  # fmt: skip
+                           embedding="embedding" in group, batch_size=args["batch_size"],
+                           chunk_rows=chunk_rows, device=dev, num_workers=args["num_workers"],
+                           strict=args["strict"], amp=args["amp"], progress=progress)  # fmt: skip
             report.rows_embedded, report.loop_seconds = embed_chunks(
                 encoder or _build(plan, dev), dataset, group, pending=pending, run=run,
                 label=plan.key,

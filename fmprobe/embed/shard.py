@@ -199,7 +199,9 @@ def _embed_batch(
     x = x.to(run.device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = encoder.forward(x, run.layers, attn="attn" in run.pools)
+    out = encoder.forward(x, run.layers, attn="attn" in run.pools, embedding=run.embedding)
+    if run.embedding and out.embedding is not None:
+        buf.pooled["embedding"][local] = out.embedding.float().cpu().numpy()
     attn = out.attn.float() if out.attn is not None else None
     for li, layer in enumerate(run.layers):
         patch = out.patch[li].float()

@@ -15,11 +15,19 @@ from fmprobe.encoders.base import (
     EncoderOutput,
     WeightsInfo,
     go_offline_if_unreachable,
+    hub_error,
     load_weights,
     offline_error,
 )
 from fmprobe.encoders.spec import ModelSpec
 from fmprobe.encoders.timm_backend import TimmTrunk, count_blocks, renormalise
+from fmprobe.encoders.zoo import (
+    EmbeddingRecipe,
+    Preset,
+    get_preset,
+    jsonable_kwargs,
+    preset_for_hub,
+)
 from fmprobe.errors import ModelError, did_you_mean
 
 
@@ -68,14 +76,21 @@ class _OpenClipViT:
         self.attn_source = "last_block_cls_attention" if self.num_layers >= 2 else None
         self.batch_first = bool(getattr(visual.transformer, "batch_first", True))
 
-    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[int],
+        *,
+        attn: bool,
+        embedding: EmbeddingRecipe | None = None,
+    ) -> EncoderOutput:
         wanted = set(layers) | ({self.num_layers - 2} if attn and self.attn_source else set())
         indices = sorted(wanted)
         out = self.visual.forward_intermediates(
             x,
             indices=indices,
-            stop_early=True,
-            intermediates_only=True,
+            stop_early=embedding is None,
+            intermediates_only=embedding is None,
             output_fmt="NLC",
             output_extra_tokens=True,
         )
@@ -89,7 +104,10 @@ class _OpenClipViT:
             w = resblock_cls_attention(block, seq, self.batch_first)
             weights = renormalise(w[:, prefix[i].shape[1] :].float())
         return EncoderOutput(
-            patch=[by_layer[i] for i in layers], cls=[prefix[i][:, 0] for i in layers], attn=weights
+            patch=[by_layer[i] for i in layers],
+            cls=[prefix[i][:, 0] for i in layers],
+            attn=weights,
+            embedding=out["image_features"] if embedding is not None else None,
         )
 
 
@@ -99,7 +117,14 @@ class _OpenClipResNet:
         self.num_layers = count_blocks(visual, input_size)
         self.attn_source = "attnpool2d"
 
-    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[int],
+        *,
+        attn: bool,
+        embedding: EmbeddingRecipe | None = None,
+    ) -> EncoderOutput:
         last = self.num_layers - 1
         indices = sorted(set(layers) | ({last} if attn else set()))
         out = self.visual.forward_intermediates(x, indices=indices, intermediates_only=True)
@@ -114,8 +139,83 @@ class _OpenClipResNet:
         )
 
 
+def build_open_clip_model(
+    spec: ModelSpec,
+    *,
+    pretrained: bool,
+    model_kwargs: dict[str, Any],
+    preset: Preset | None = None,
+) -> tuple[Any, Any]:
+    """The open_clip model of ``spec`` and its preprocess (None for a preset, whose
+    preprocessing is its card's); a preset builds ``preset.arch`` offline."""
+    import open_clip
+
+    if preset is not None and not pretrained:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            if preset.arch == "CLIP":
+                return open_clip.CLIP(**{**preset.arch_kwargs, **model_kwargs}), None
+            # open_clip moves the model to `device`: the default one, so a build under
+            # `with torch.device("meta")` stays there.
+            device = torch.get_default_device()
+            kwargs = {**preset.arch_kwargs, **model_kwargs}
+            return open_clip.create_model(
+                preset.arch, pretrained=None, device=device, **kwargs
+            ), None
+    name = preset.source if preset is not None else spec.name
+    hub = name.startswith("hf-hub:")
+    tag = (preset.pretrained_tag if preset is not None else spec.pretrained) if pretrained else None
+    if not hub and name not in open_clip.list_models():
+        raise ModelError(
+            f"--model {spec.text}: open_clip has no architecture {name!r}"
+            f"{did_you_mean(name, open_clip.list_models())}; list them with "
+            "`fmprobe models 'open_clip:*'`"
+        )
+    if hub and not pretrained:
+        match = preset_for_hub(name)
+        advice = (
+            f"use the preset `--model {match.name}`, whose architecture builds offline"
+            if match is not None
+            else "use a preset (`fmprobe models --zoo`) or open_clip:<arch> with --weights PATH"
+        )
+        raise ModelError(
+            f"--model {spec.text}: an open_clip hf-hub model's architecture is its hub config, "
+            f"which --random-init and --weights cannot download; {advice}"
+        )
+    if tag and not os.path.isfile(tag):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in tags:
+            raise ModelError(
+                f"--model {spec.text}: no pretrained tag {tag!r} for {name}"
+                f"{did_you_mean(tag, tags)}; known tags: {', '.join(tags) or 'none'}"
+            )
+    if tag or hub:
+        go_offline_if_unreachable()
+    kwargs = {**(preset.kwargs if preset is not None else {}), **model_kwargs}
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            if preset is not None:
+                return open_clip.create_model(name, pretrained=tag, **kwargs), None
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=tag, **kwargs
+            )
+            return model, preprocess
+    except TypeError as exc:
+        raise ModelError(f"--model {spec.text}: bad model argument ({exc})") from None
+    except Exception as exc:
+        if tag is None and not hub:
+            raise
+        if hub:
+            raise hub_error(
+                spec, exc, repo=name, offline="pass --weights PATH or --random-init"
+            ) from None
+        raise offline_error(spec, exc) from None
+
+
 class OpenClipEncoder(Encoder):
-    """``open_clip:<arch>[/<pretrained tag>]`` or ``open_clip:hf-hub:<org>/<repo>``."""
+    """``open_clip:<arch>[/<pretrained tag>]``, ``open_clip:hf-hub:<org>/<repo>``, or an
+    open_clip preset (its published embedding: the projected image embedding)."""
 
     def __init__(
         self,
@@ -125,58 +225,40 @@ class OpenClipEncoder(Encoder):
         random_init: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        import open_clip
-
-        hub = spec.name.startswith("hf-hub:")
-        if not hub and spec.name not in open_clip.list_models():
-            raise ModelError(
-                f"--model {spec.text}: open_clip has no architecture {spec.name!r}"
-                f"{did_you_mean(spec.name, open_clip.list_models())}"
-            )
-        pretrained = None if (random_init or weights) else spec.pretrained
-        if hub and (random_init or weights):
-            raise offline_error(spec, RuntimeError("hf-hub models need their config"))
-        if pretrained and not os.path.isfile(pretrained):
-            tags = open_clip.list_pretrained_tags_by_model(spec.name)
-            if pretrained not in tags:
-                raise ModelError(
-                    f"--model {spec.text}: no pretrained tag {pretrained!r} for {spec.name}"
-                    f"{did_you_mean(pretrained, tags)}; known tags: {', '.join(tags) or 'none'}"
-                )
-        if pretrained or hub:
-            go_offline_if_unreachable()
-        try:
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.name, pretrained=pretrained, **(model_kwargs or {})
-                )
-        except TypeError as exc:
-            raise ModelError(f"--model {spec.text}: bad model argument ({exc})") from None
-        except Exception as exc:
-            if pretrained is None and not hub:
-                raise
-            raise offline_error(spec, exc) from None
+        preset = get_preset(spec.preset) if spec.preset else None
+        wanted = weights is None and not random_init
+        if preset is None and not spec.pretrained and not spec.name.startswith("hf-hub:"):
+            wanted = False  # an architecture without a pretrained tag is built at random init
+        model, preprocess = build_open_clip_model(
+            spec, pretrained=wanted, model_kwargs=dict(model_kwargs or {}), preset=preset
+        )
         if weights is not None:
             self.weights = load_weights(model, weights, required_prefix="visual.")
-        elif pretrained is None and not hub:
+        elif not wanted:
             self.weights = WeightsInfo("random-init", "torch.manual_seed(0)")
+        elif preset is not None:
+            self.weights = WeightsInfo("pretrained", preset.source_text)
         else:
             self.weights = WeightsInfo("pretrained", spec.pretrained or spec.name)
         visual = model.visual.eval().requires_grad_(False)
         self.spec = spec
+        self.preset = preset
         self.model = visual
-        self.transform = preprocess
-        cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
-        self.preprocess = {
-            "library": "open_clip",
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        }
-        size = tuple(preprocess(_blank()).shape)
+        if preset is not None:
+            self.transform = preset.preprocess.transform()
+            self.preprocess = {"from": f"preset {preset.name}", **preset.preprocess.to_dict()}
+        else:
+            self.transform = preprocess
+            cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
+            self.preprocess = {
+                "library": "open_clip",
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            }
+        size = tuple(self.transform(_blank()).shape)
         trunk = getattr(visual, "trunk", None)
         self.impl: TimmTrunk | _OpenClipViT | _OpenClipResNet
         if trunk is not None and hasattr(trunk, "forward_intermediates"):
-            self.impl = TimmTrunk(trunk, size)
+            self.impl = TimmTrunk(trunk, size, head=lambda f: visual.head(trunk.forward_head(f)))
             has_cls = self.impl.has_cls
         elif hasattr(visual, "attnpool"):
             self.impl = _OpenClipResNet(visual, size)
@@ -192,10 +274,14 @@ class OpenClipEncoder(Encoder):
         self.num_layers = self.impl.num_layers
         self.cls_source = "class_token" if has_cls else "global_average"
         self.attn_source = self.impl.attn_source
-        self.extra = {"model_kwargs": dict(model_kwargs or {}), "tower": type(visual).__name__}
+        self.extra = {"model_kwargs": jsonable_kwargs(model_kwargs or {}),
+                      "tower": type(visual).__name__}  # fmt: skip
 
-    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
-        return self.impl.forward(x, layers, attn=attn)
+    def forward(
+        self, x: torch.Tensor, layers: Sequence[int], *, attn: bool, embedding: bool = False
+    ) -> EncoderOutput:
+        recipe = self.embedding_recipe if embedding else None
+        return self.impl.forward(x, layers, attn=attn, embedding=recipe)
 
 
 def _blank() -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 POOLS = ("cls", "mean", "attn")
@@ -25,3 +27,33 @@ def pool_tokens(
             raise ValueError("attn pooling needs attention weights")
         return torch.einsum("bp,bpd->bd", attn.to(patch.dtype), patch)
     raise ValueError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+
+
+def published_embedding(
+    kind: str,
+    *,
+    final: torch.Tensor,
+    num_prefix: int,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A preset's published embedding from the model's final output ``final``.
+
+    ``final`` is the last block's output after the model's final norm: tokens (B, N, D) with
+    the ``num_prefix`` class and register tokens first, or a CNN's feature map. ``kind``
+    ``"cls"`` gives ``final[:, 0]``; ``"cls+mean"`` the class token concatenated with the mean
+    of the patch tokens (prefix and registers excluded), (B, 2D); ``"head"`` the model's own
+    pooling ``head(final)`` (global average pool, CLIP projection, attention-pooling head).
+
+    >>> t = torch.arange(12.0).reshape(1, 4, 3)  # class, one register, two patches
+    >>> published_embedding("cls+mean", final=t, num_prefix=2).tolist()
+    [[0.0, 1.0, 2.0, 7.5, 8.5, 9.5]]
+    """
+    if kind == "cls":
+        return final[:, 0]
+    if kind == "cls+mean":
+        return torch.cat([final[:, 0], final[:, num_prefix:].mean(dim=1)], dim=-1)
+    if kind == "head":
+        if head is None:
+            raise ValueError("a 'head' embedding needs the model's pooling head")
+        return head(final)
+    raise ValueError(f"unknown embedding kind {kind!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fmprobe.errors import ModelError
+from fmprobe.errors import ModelError, did_you_mean
 
 SOURCES = ("timm", "open_clip", "hf")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -23,21 +23,30 @@ class ModelSpec:
         local directory.
     pretrained : str or None
         open_clip's pretrained tag or ``hf-hub:org/repo``; None for the other sources.
+    preset : str or None
+        The preset this spec was resolved from (``uni``, ``virchow2``, …), which then decides
+        the build, the preprocessing and the published embedding (``fmprobe.encoders.zoo``).
     """
 
     source: str
     name: str
     pretrained: str | None = None
+    preset: str | None = None
 
     @property
     def text(self) -> str:
-        """The canonical spec string, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``."""
+        """The canonical spec string, e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k`` or ``uni``."""
+        if self.preset:
+            return self.preset
         tail = f"/{self.pretrained}" if self.pretrained else ""
         return f"{self.source}:{self.name}{tail}"
 
     @property
     def key(self) -> str:
-        """The model's group name in the feature store, e.g. ``timm-vit_small_patch16_224``."""
+        """The model's group name in the feature store, e.g. ``timm-vit_small_patch16_224``;
+        a preset's is its name (``uni``)."""
+        if self.preset:
+            return self.preset
         body = self.name.rstrip("/").split("/")[-1] if self.source == "hf" else self.name
         if self.source == "hf" and "/" in self.name and not self.name.startswith((".", "/")):
             body = self.name.replace("/", "_")
@@ -47,19 +56,37 @@ class ModelSpec:
 
 
 def parse_model_name(spec: str) -> ModelSpec:
-    """Parse ``timm:<name>``, ``open_clip:<arch>[/<tag or hf-hub:org/repo>]`` or ``hf:<repo>``.
+    """Parse a preset name (``uni``, ``virchow2``, …: ``fmprobe models --zoo``),
+    ``timm:<name>`` / ``timm:hf-hub:<org>/<repo>``, ``open_clip:<arch>[/<tag or
+    hf-hub:org/repo>]`` or ``hf:<repo>``.
 
     Examples
     --------
-    >>> parse_model_name("timm:vit_small_patch16_224.augreg_in21k")
-    ModelSpec(source='timm', name='vit_small_patch16_224.augreg_in21k', pretrained=None)
+    >>> parse_model_name("virchow2")
+    ModelSpec(source='timm', name='hf-hub:paige-ai/Virchow2', pretrained=None, preset='virchow2')
+    >>> parse_model_name("timm:hf-hub:MahmoodLab/UNI").key
+    'timm-hf-hub_MahmoodLab_UNI'
+    >>> parse_model_name("timm:vit_small_patch16_224.augreg_in21k").name
+    'vit_small_patch16_224.augreg_in21k'
     >>> parse_model_name("open_clip:ViT-B-32/laion2b_s34b_b79k").pretrained
     'laion2b_s34b_b79k'
     >>> parse_model_name("open_clip:hf-hub:org/repo").name
     'hf-hub:org/repo'
     """
     source, sep, rest = spec.partition(":")
-    if not sep or not rest:
+    if not sep:
+        from fmprobe.encoders.zoo import PRESETS, find_preset
+
+        preset = find_preset(spec)
+        if preset is not None:
+            return preset.spec
+        raise ModelError(
+            f"--model {spec!r} is not a preset and has no source prefix"
+            f"{did_you_mean(spec.lower(), [p.name for p in PRESETS])}: give a preset name "
+            f"(`fmprobe models --zoo`) or one of {', '.join(s + ':<name>' for s in SOURCES)}, "
+            "e.g. timm:vit_small_patch16_224"
+        )
+    if not rest:
         raise ModelError(
             f"--model {spec!r} has no source prefix: expected one of "
             f"{', '.join(s + ':<name>' for s in SOURCES)}, e.g. timm:vit_small_patch16_224"

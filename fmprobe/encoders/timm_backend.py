@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -13,11 +13,23 @@ from fmprobe.encoders.base import (
     Encoder,
     EncoderOutput,
     WeightsInfo,
+    as_state_dict,
+    first_line,
     go_offline_if_unreachable,
+    hub_error,
+    load_state,
     load_weights,
     offline_error,
 )
+from fmprobe.encoders.pooling import published_embedding
 from fmprobe.encoders.spec import ModelSpec
+from fmprobe.encoders.zoo import (
+    EmbeddingRecipe,
+    Preset,
+    get_preset,
+    jsonable_kwargs,
+    preset_for_hub,
+)
 from fmprobe.errors import ModelError, did_you_mean
 
 
@@ -25,43 +37,107 @@ def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def build_timm_model(
-    spec: ModelSpec, *, pretrained: bool, model_kwargs: dict[str, Any]
-) -> nn.Module:
+def is_hub_name(name: str) -> bool:
+    """``hf-hub:<org>/<repo>`` (timm also accepts ``hf_hub:``): its config comes from the hub."""
+    return name.startswith(("hf-hub:", "hf_hub:"))
+
+
+def _create(name: str, *, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
-    arch = spec.name.split(".")[0]
-    if not timm.is_model(arch):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # a random-init encoder is the same one in every process
+        return timm.create_model(name, pretrained=pretrained, **{"num_classes": 0, **kwargs})
+
+
+def build_timm_model(
+    spec: ModelSpec,
+    *,
+    pretrained: bool,
+    model_kwargs: dict[str, Any],
+    preset: Preset | None = None,
+) -> nn.Module:
+    """The timm model of ``spec`` in eval mode, without gradients.
+
+    A hub name (``hf-hub:<org>/<repo>``) goes through ``timm.create_model`` with the hub's
+    config, as timm's own loading does; a preset builds its published architecture from the
+    hub, or its offline architecture (``preset.arch``) for ``--random-init`` / ``--weights``.
+    """
+    import timm
+
+    if preset is not None and pretrained and not preset.weights_url:
+        name, kwargs = preset.source, {**preset.kwargs, **model_kwargs}
+    elif preset is not None:
+        name, kwargs, pretrained = preset.arch, {**preset.arch_kwargs, **model_kwargs}, False
+    else:
+        name, kwargs = spec.name, model_kwargs
+    hub = is_hub_name(name)
+    arch = name.split(".")[0]
+    if not hub and not timm.is_model(arch):
         raise ModelError(
             f"--model {spec.text}: timm has no model {arch!r}"
             f"{did_you_mean(arch, timm.list_models())}; list them with "
-            "`python -c \"import timm; print(timm.list_models('*vit*'))\"`"
+            "`fmprobe models 'timm:*vit*'`"
         )
-    if pretrained:
+    if pretrained or hub:
         go_offline_if_unreachable()
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)  # a random-init encoder is the same one in every process
-            model = timm.create_model(
-                spec.name, pretrained=pretrained, num_classes=0, **model_kwargs
-            )
+        model = _create(name, pretrained=pretrained, kwargs=kwargs)
     except TypeError as exc:
         raise ModelError(f"--model {spec.text}: bad model argument ({exc})") from None
     except Exception as exc:
-        if not pretrained:
+        if not (pretrained or hub):
             raise
         if "No pretrained weights" in str(exc) or "Invalid pretrained tag" in str(exc):
             raise ModelError(
                 f"--model {spec.text}: timm has no pretrained weights under that name "
                 f"({exc}); pass --weights PATH or --random-init"
             ) from None
-        raise offline_error(spec, exc) from None
+        if not hub:
+            raise offline_error(spec, exc) from None
+        raise hub_error(spec, exc, repo=name, offline=_hub_advice(spec, name, pretrained)) from None
     if not hasattr(model, "forward_intermediates"):
         raise ModelError(
             f"--model {spec.text}: this timm model has no forward_intermediates(), so its layers "
             "cannot be taken reliably; choose another architecture"
         )
     return model.eval().requires_grad_(False)
+
+
+def _hub_advice(spec: ModelSpec, name: str, pretrained: bool) -> str:
+    if spec.preset:
+        return "pass --weights PATH (a local copy of the weights) or --random-init"
+    preset = preset_for_hub(name)
+    if preset is not None:
+        return (
+            f"use the preset `--model {preset.name}`, whose architecture builds offline "
+            "(with --weights PATH or --random-init)"
+        )
+    if pretrained:
+        return (
+            "pass --weights PATH with the timm architecture, or use a preset "
+            "(`fmprobe models --zoo`)"
+        )
+    return (
+        "its architecture comes from the hub's config.json: use a preset (`fmprobe models "
+        "--zoo`) or timm:<architecture> with --model-kwargs and --weights PATH"
+    )
+
+
+def load_url_weights(model: nn.Module, url: str, spec: ModelSpec) -> WeightsInfo:
+    """Download a preset's release file (a state dict, read with ``weights_only=True``)."""
+    try:
+        state = torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", weights_only=True, progress=False
+        )
+    except Exception as exc:
+        raise ModelError(
+            f"--model {spec.text}: its weights are downloaded from {url}, which failed "
+            f"({first_line(exc)}); download the file elsewhere and pass --weights PATH, or "
+            "--random-init"
+        ) from None
+    load_state(model, as_state_dict(state, label=url), label=f"--model {spec.text}: {url}")
+    return WeightsInfo("pretrained", url)
 
 
 def map_head_weights(pool: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -91,10 +167,16 @@ def block_cls_attention(block: Any, seq: torch.Tensor) -> torch.Tensor:
 
 
 def count_blocks(model: Any, input_size: Sequence[int]) -> int:
-    """Number of blocks ``forward_intermediates`` can return, from one tiny dummy forward."""
+    """Number of blocks ``forward_intermediates`` can return: a ViT's ``blocks``, otherwise
+    from one dummy forward on the model's device."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return len(model.blocks)
+    device = next(model.parameters()).device
     with torch.no_grad():
         out = model.forward_intermediates(
-            torch.zeros(1, *input_size), indices=None, intermediates_only=True
+            torch.zeros(1, *input_size, device=device), indices=None, intermediates_only=True
         )
     feats = out["image_intermediates"] if isinstance(out, dict) else out
     return len(feats)
@@ -105,12 +187,23 @@ def renormalise(weights: torch.Tensor) -> torch.Tensor:
 
 
 class TimmTrunk:
-    """Token extraction from a timm model (also used for open_clip's timm-based towers)."""
+    """Token extraction from a timm model (also used for open_clip's timm-based towers).
 
-    def __init__(self, model: Any, input_size: Sequence[int]) -> None:
+    ``head`` maps the model's final output (after its final norm) to its own pooled output;
+    default ``model.forward_head`` (a CNN's global average pool, a ViT's pooled token).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        input_size: Sequence[int],
+        *,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         from timm.layers import Attention, AttentionPoolLatent
 
         self.model: Any = model
+        self.head = head if head is not None else model.forward_head
         params = inspect.signature(model.forward_intermediates).parameters
         self.tokens_model = "return_prefix_tokens" in params
         self.num_prefix = int(getattr(model, "num_prefix_tokens", 0)) if self.tokens_model else 0
@@ -130,13 +223,20 @@ class TimmTrunk:
         ):
             self.attn_source = "last_block_cls_attention"
 
-    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[int],
+        *,
+        attn: bool,
+        embedding: EmbeddingRecipe | None = None,
+    ) -> EncoderOutput:
         source = self.attn_source if attn else None
         wanted = set(layers)
         if source == "last_block_cls_attention":
             wanted.add(self.num_layers - 2)
         indices = sorted(wanted)
-        need_final = source == "map_head"
+        need_final = source == "map_head" or embedding is not None
         kwargs: dict[str, Any] = {
             "indices": indices,
             "intermediates_only": not need_final,
@@ -165,11 +265,17 @@ class TimmTrunk:
             weights = block_cls_attention(self.model.blocks[-1], seq)
         if weights is not None:
             weights = renormalise(weights[:, self.num_prefix :].float())
-        return EncoderOutput(patch=patch, cls=cls, attn=weights)
+        vector = None
+        if embedding is not None:
+            assert final is not None
+            vector = published_embedding(
+                embedding.kind, final=final, num_prefix=self.num_prefix, head=self.head
+            )
+        return EncoderOutput(patch=patch, cls=cls, attn=weights, embedding=vector)
 
 
 class TimmEncoder(Encoder):
-    """``timm:<name>[.<tag>]``."""
+    """``timm:<name>[.<tag>]``, ``timm:hf-hub:<org>/<repo>``, or a timm-based preset."""
 
     def __init__(
         self,
@@ -182,31 +288,52 @@ class TimmEncoder(Encoder):
         import timm.data
 
         model_kwargs = dict(model_kwargs or {})
+        preset = get_preset(spec.preset) if spec.preset else None
         pretrained = weights is None and not random_init
-        model: Any = build_timm_model(spec, pretrained=pretrained, model_kwargs=model_kwargs)
+        model: Any = build_timm_model(
+            spec, pretrained=pretrained, model_kwargs=model_kwargs, preset=preset
+        )
         if weights is not None:
             self.weights = load_weights(model, weights)
         elif random_init:
             self.weights = WeightsInfo("random-init", "torch.manual_seed(0)")
+        elif preset is not None and preset.weights_url:
+            self.weights = load_url_weights(model, preset.weights_url, spec)
         else:
             cfg = model.pretrained_cfg
             self.weights = WeightsInfo(
                 "pretrained", str(cfg.get("hf_hub_id") or cfg.get("url") or spec.name)
             )
-        data_cfg = timm.data.resolve_model_data_config(model)
-        if "img_size" in model_kwargs:
-            size = model_kwargs["img_size"]
-            h, w = (size, size) if isinstance(size, int) else size
-            data_cfg["input_size"] = (3, h, w)
         self.spec = spec
         self.model: Any = model
-        self.transform = timm.data.create_transform(**data_cfg, is_training=False)
-        self.preprocess = {"library": "timm", **_jsonable(data_cfg)}
-        self.trunk = TimmTrunk(model, data_cfg["input_size"])
+        self.preset = preset
+        if preset is not None:
+            pp = preset.preprocess
+            if "img_size" in model_kwargs:
+                pp = pp.at_size(int(model_kwargs["img_size"]))
+            self.transform = pp.transform()
+            self.preprocess = {"from": f"preset {preset.name}", **pp.to_dict()}
+            input_size: Sequence[int] = (3, pp.size, pp.size)
+        else:
+            data_cfg = timm.data.resolve_model_data_config(model)
+            if "img_size" in model_kwargs:
+                size = model_kwargs["img_size"]
+                h, w = (size, size) if isinstance(size, int) else size
+                data_cfg["input_size"] = (3, h, w)
+            self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+            self.preprocess = {"library": "timm", **_jsonable(data_cfg)}
+            input_size = data_cfg["input_size"]
+        self.trunk = TimmTrunk(model, input_size)
         self.num_layers = self.trunk.num_layers
         self.cls_source = "class_token" if self.trunk.has_cls else "global_average"
         self.attn_source = self.trunk.attn_source
-        self.extra = {"model_kwargs": model_kwargs, "num_prefix_tokens": self.trunk.num_prefix}
+        self.extra = {
+            "model_kwargs": jsonable_kwargs(model_kwargs),
+            "num_prefix_tokens": self.trunk.num_prefix,
+        }
 
-    def forward(self, x: torch.Tensor, layers: Sequence[int], *, attn: bool) -> EncoderOutput:
-        return self.trunk.forward(x, layers, attn=attn)
+    def forward(
+        self, x: torch.Tensor, layers: Sequence[int], *, attn: bool, embedding: bool = False
+    ) -> EncoderOutput:
+        recipe = self.embedding_recipe if embedding else None
+        return self.trunk.forward(x, layers, attn=attn, embedding=recipe)

@@ -159,6 +159,8 @@ class GroupLayout:
         Rows per chunk: the unit of resume.
     embedding_width : int or None
         Width of the model's published embedding (``<model>/embedding``), None for none.
+    embedding_recipe : dict or None
+        How that embedding is made (the preset's recipe), recorded in its metadata.
     """
 
     layers: tuple[int, ...]
@@ -169,6 +171,7 @@ class GroupLayout:
     dtype: str
     chunk_rows: int
     embedding_width: int | None = None
+    embedding_recipe: dict[str, Any] | None = None
 
 
 def create_model_group(
@@ -200,7 +203,7 @@ def create_model_group(
     if layout.embedding_width is not None:
         w = layout.embedding_width
         feature("embedding", (n, w), (rows, w), layout.dtype, ("sample", "embedding"),
-                layer=None, pool="embedding")  # fmt: skip
+                layer=None, pool="embedding", recipe=layout.embedding_recipe)  # fmt: skip
     group.attrs[ATTR] = {"kind": "model", "generation": generation, **meta}
     return group
 
