@@ -232,7 +232,7 @@ def _layout(encoder: Encoder, plan: _Plan, device: torch.device) -> GroupLayout:
     recipe = encoder.embedding_recipe
     with torch.inference_mode():
         out = encoder.forward(x.to(device), layers, attn="attn" in pools, embedding=bool(recipe))
-    width = int(out.embedding.shape[1]) if recipe is not None and out.embedding is not None else None
+    emb = out.embedding if recipe is not None else None
     return GroupLayout(
         layers=layers,
         widths=tuple(int(t.shape[2]) for t in out.patch),
@@ -241,10 +241,8 @@ def _layout(encoder: Encoder, plan: _Plan, device: torch.device) -> GroupLayout:
         tokens=plan.request.tokens,
         dtype=plan.request.dtype,
         chunk_rows=plan.request.chunk_rows,
-        embedding_width=int(out.embedding.shape[1])
-        if published and out.embedding is not None
-        else None,
-        embedding_recipe=recipe.to_dict() if published and recipe is not None else None,
+        embedding_width=None if emb is None else int(emb.shape[1]),
+        embedding_recipe=None if emb is None or recipe is None else recipe.to_dict(),
     )
 
 
