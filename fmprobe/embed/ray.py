@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmprobe.embed.api import EmbedReport, embed_shard
+from fmprobe.embed.run import EmbedReport, embed_shard
 from fmprobe.errors import FmprobeError
 from fmprobe.parallel import ray_session
 

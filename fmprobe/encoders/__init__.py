@@ -11,9 +11,11 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING, Any
 
-from fmprobe.encoders.base import Encoder, EncoderOutput, WeightsInfo, resolve_layers
+from fmprobe.encoders.base import Encoder, EncoderOutput, WeightsInfo
+from fmprobe.encoders.layers import resolve_layers
+from fmprobe.encoders.names import parse_model_name
 from fmprobe.encoders.pooling import POOLS, pool_tokens, published_embedding
-from fmprobe.encoders.spec import SOURCES, ModelSpec, parse_model_name
+from fmprobe.encoders.spec import SOURCES, ModelSpec
 
 if TYPE_CHECKING:
     from fmprobe.encoders.zoo import (

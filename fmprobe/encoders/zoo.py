@@ -29,7 +29,7 @@ import timm.layers
 import torch
 from PIL import Image
 
-from fmprobe.encoders.base import default_layers
+from fmprobe.encoders.layers import default_layers
 from fmprobe.encoders.spec import ModelSpec
 from fmprobe.errors import ModelError, did_you_mean
 
