@@ -334,3 +334,19 @@ def test_cuda_features_match_cpu(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             a.read_feature(f.key), b.read_feature(f.key), rtol=1e-3, atol=1e-4
         )
+
+
+def test_xarray_opens_the_whole_store_with_ids_as_the_sample_coordinate(
+    digits_store: tuple[Path, Any],
+) -> None:
+    xr = pytest.importorskip("xarray")
+    store, _ = digits_store
+    tree = xr.open_datatree(str(store), engine="zarr", consolidated=False)
+    ids = open_store(store).ids
+    node = tree[f"{KEY}/block3"]
+    assert list(node["cls"].coords["sample"].values) == list(ids)
+    assert node["cls"].dims == ("sample", "feature")
+    assert node["tokens"].dims == ("sample", "token", "feature")
+    np.testing.assert_array_equal(
+        node["mean"].values, zarr.open_group(str(store), mode="r")[f"{KEY}/block3/mean"][:]
+    )

@@ -219,6 +219,13 @@ def _hold_lock(path: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def _release(holder: subprocess.Popen[str]) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    if holder.stdout is not None:
+        holder.stdout.close()
+
+
 def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path: Path) -> None:
     _table(tmp_path)
     store = _store(tmp_path, _labels_signal(tmp_path))
@@ -232,8 +239,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path: Pa
             assert res.stderr.count("\n") == 1
         assert not out.exists()
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+        _release(holder)
     # the holder died: its lock went with it
     run_cli("sweep", "--store", str(store), "--out", str(out), "--tasks", "y", "--quiet",
             check=True)  # fmt: skip
@@ -251,8 +257,7 @@ def test_a_second_embed_of_the_same_model_is_refused(embedded: Path) -> None:
                   model_kwargs=TINY_VIT, store=str(embedded), layers="3", pools="cls,mean",
                   chunk_rows=256, num_workers=0, progress=False)  # fmt: skip
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+        _release(holder)
 
 
 # --- work lost -----------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ def test_units_are_one_label_count_each_and_a_full_disk_leaves_nothing_half_writ
     monkeypatch.setattr(fmprobe.tables.os, "replace", full)
     res = run_cli("store", "export", str(store), "--key", "f/x", "--out", str(tmp_path / "e.npy"))
     assert res.exit_code == 1 and "no space left" in res.stderr and res.stderr.count("\n") == 1
-    assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "e.npy").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 # --- bad input: one line --------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from fmprobe.cli.common import (
 @click.option(
     "--model",
     required=True,
-    help="timm:<name>, open_clip:<arch>[/<pretrained>] or hf:<org>/<repo>.",
+    help="A preset (uni, virchow2, rad-dino, ...: `fmprobe models --zoo`), timm:<name>, "
+    "timm:hf-hub:<org>/<repo>, open_clip:<arch>[/<pretrained>] or hf:<org>/<repo>.",
 )
 @click.option("--store", required=True, help="The Zarr feature store (created if missing).")
 @click.option(

@@ -89,6 +89,9 @@ def create_store(
         shutil.rmtree(path)
     root = zarr.open_group(path, mode="w-", zarr_format=3)
     write_samples(root, table)
+    # the ids once more as the root's ``sample`` coordinate: xarray's DataTree hands it down to
+    # every group, so each feature opens with its rows named
+    _write_column(root, "sample", table["id"])
     root.attrs[ATTR] = {
         "format_version": FORMAT_VERSION,
         "created_by": f"fmprobe {__version__}",
@@ -182,8 +185,9 @@ def create_model_group(
     n, rows = fs.n, layout.chunk_rows
     group = fs.root.create_group(key, overwrite=True)
     n_chunks = -(-n // rows)
-    group.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
-    group.create_array("_error", shape=(n,), chunks=(rows,), dtype=str)
+    group.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False,
+                       dimension_names=("chunk",))  # fmt: skip
+    group.create_array("_error", shape=(n,), chunks=(rows,), dtype=str, dimension_names=("sample",))
 
     generation = "gen:" + uuid.uuid4().hex  # a new one whenever the group is made anew
 
