@@ -141,10 +141,12 @@ class _SweepGroup(click.Group):
 )
 @click.option(
     "--workers",
-    default=1,
+    default="auto",
     show_default=True,
-    type=int,
-    help="Local worker processes (one thread each); on a CPU, the number of cores is fastest.",
+    help="Local processes, one thread each. auto: start in this process and add one worker per "
+    "further core once the rest of the sweep would take longer than starting them (~15 s); "
+    "1: this process only. One thread per process because a probe's work is a stream of small "
+    "operations that threads slow down, most of all on a busy machine.",
 )
 @device_option
 @click.option(

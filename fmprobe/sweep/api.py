@@ -115,25 +115,40 @@ class SweepReport:
         return lines + [f"warning: {w}" for w in self.warnings]
 
 
-def _check_workers(engine: str, workers: int) -> None:
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: at least 1 (1 = this process only)")
-    if workers > 1 and engine != "local":
-        raise UsageError(f"--workers {workers} is for --engine local; Ray places its own workers")
+def _check_workers(engine: str, workers: int | str) -> int | str:
+    """``--workers``: ``auto`` or a number of local processes (1 = this process only)."""
+    if workers == "auto":
+        return "auto"
+    try:
+        count = int(workers)
+    except (TypeError, ValueError):
+        raise UsageError(f"--workers {workers!r}: a number of processes, or auto") from None
+    if count < 1:
+        raise UsageError(f"--workers {count}: at least 1 (1 = this process only), or auto")
+    if count > 1 and engine != "local":
+        raise UsageError(f"--workers {count} is for --engine local; Ray places its own workers")
+    return count
 
 
 def _run_engine(
-    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int,
+    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int | str,
     progress: Any,
 ) -> int:  # fmt: skip
     if engine == "ray":
         from fmprobe.sweep.ray_engine import run_on_ray
 
         return run_on_ray(job, todo, address=address, progress=progress)
-    if workers > 1:
+    if workers == "auto":
+        from fmprobe.sweep.processes import available_cores, run_adaptive
+
+        cores = available_cores()
+        if cores > 1 and len(todo) > 1 and job.device == "cpu":
+            return run_adaptive(job, todo, max_workers=cores, progress=progress)
+        return execute_units(job, todo, progress=progress)
+    if int(workers) > 1:
         from fmprobe.sweep.processes import run_in_processes
 
-        return run_in_processes(job, todo, workers=workers, progress=progress)
+        return run_in_processes(job, todo, workers=int(workers), progress=progress)
     return execute_units(job, todo, progress=progress)
 
 
@@ -230,7 +245,7 @@ def sweep(
     engine: str = "local",
     address: str | None = None,
     shard: str | None = None,
-    workers: int = 1,
+    workers: int | str = "auto",
     overwrite: bool = False,
     dry_run: bool = False,
     progress: bool = True,
@@ -253,7 +268,7 @@ def sweep(
     """
     t_start = time.perf_counter()
     check_engine(engine)
-    _check_workers(engine, workers)
+    workers = _check_workers(engine, workers)
     shard_i, shard_n = parse_shard(shard)
     if seeds_per_unit < 1:
         raise UsageError(f"seeds_per_unit={seeds_per_unit}: at least 1")
@@ -317,7 +332,7 @@ def _check_out(out: str) -> Path:
 
 
 def _run_with_progress(
-    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int,
+    job: SweepJob, todo: list[Unit], *, engine: str, address: str | None, workers: int | str,
     progress: bool,
 ) -> int:  # fmt: skip
     from tqdm import tqdm

@@ -5,6 +5,7 @@ on who runs what (the local engine, ``--workers`` processes, Ray tasks, array-jo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -422,15 +423,31 @@ class UnitRunner:
         return self.cache[key]
 
 
-def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None) -> int:
-    """The local engine: run ``units`` in this process; returns the number of probes fitted."""
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and the BLAS libraries on one thread, restored afterwards. A sweep's CPU work is a
+    stream of small operations (solver steps, sorts, row bookkeeping): split over threads, each
+    waits for the slowest at every operation, and stalls as soon as anything else runs on the
+    machine (measured, n ≤ 100 with other jobs on both cores: 53–74 probes/s on two threads,
+    466 on one). The parallelism is in processes instead (``--workers``)."""
     from threadpoolctl import threadpool_limits
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        # numpy's BLAS (OpenBLAS) on one thread: its products here are per problem and small,
-        # and its spinning threads would compete with torch's (measured, n = 100, in-process:
-        # 394 probes/s with both libraries on 2 threads, 670 with OpenBLAS on one)
-        with threadpool_limits(1, user_api="blas"):
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute_units(job: SweepJob, units: Sequence[Unit], *, progress: Any = None) -> int:
+    """The local engine: run ``units`` in this process; returns the number of probes fitted.
+    On a CPU everything runs on one thread (``one_thread``); a GPU sweep keeps torch's threads
+    (they only feed the device)."""
+    cpu = resolve_device(job.device).type == "cpu"
+    try:
+        with one_thread() if cpu else contextlib.nullcontext():
             return UnitRunner(job).run(units, progress=progress)
     finally:
         _GATHER.__dict__.pop("buf", None)  # the batch buffer outlives a sweep only in workers
