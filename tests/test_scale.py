@@ -123,6 +123,25 @@ def test_worker_processes_equal_one_run_and_a_killed_worker_loses_nothing(
     shutdown_pool()
 
 
+def test_workers_auto_scaled_out_equals_one_run(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--workers auto`` with the scale-out threshold at 0: this process and a worker process
+    share the units, and the table is that of one in-process run."""
+    from fmprobe.sweep import processes
+
+    monkeypatch.setattr(processes, "SCALE_OUT_SECONDS", 0.0)
+    monkeypatch.setattr(processes, "available_cores", lambda: 2)
+    one = sweep(store=str(store), out=str(tmp_path / "one.parquet"), workers=1, **SETTINGS)  # type: ignore[arg-type]
+    auto = sweep(store=str(store), out=str(tmp_path / "auto.parquet"), **SETTINGS)  # type: ignore[arg-type]
+    assert auto.probes_fitted == one.probes_fitted > 0
+    assert processes.pool_size() == 1  # the worker was started
+    pd.testing.assert_frame_equal(
+        _table(tmp_path / "auto.parquet"), _table(tmp_path / "one.parquet")
+    )
+    processes.shutdown_pool()
+
+
 # --- embedding ----------------------------------------------------------------------------------
 
 TINY = json.dumps({"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2})

@@ -100,6 +100,11 @@ def worker_pool(workers: int, *, wait_started: bool = True) -> ProcessPoolExecut
     return ex
 
 
+def pool_size() -> int:
+    """Worker processes of the pool kept by this process (0: none started)."""
+    return _POOL[0] if _POOL is not None else 0
+
+
 def shutdown_pool() -> None:
     global _POOL
     if _POOL is not None:
@@ -152,11 +157,12 @@ def run_adaptive(
     *,
     max_workers: int,
     progress: Callable[[int], Any] | None = None,
-    scale_out_seconds: float = SCALE_OUT_SECONDS,
+    scale_out_seconds: float | None = None,
 ) -> int:
     """``--workers auto``: run ``units`` in this process (one thread) and, once the mean time
     of the units run so far says the rest would take longer than ``scale_out_seconds``, on
     ``max_workers - 1`` worker processes as well. Returns the number of probes fitted."""
+    threshold = SCALE_OUT_SECONDS if scale_out_seconds is None else scale_out_seconds
     runner = UnitRunner(job)
     queue = deque(units)
     pending: dict[Future[int], Unit] = {}
@@ -172,7 +178,7 @@ def run_adaptive(
                         progress(unit_probes(job.cfg, pending.pop(f)))
                 if ex is None and max_workers > 1 and done_here and len(queue) > 1:
                     per_unit = (time.perf_counter() - t0) / done_here
-                    if per_unit * len(queue) > scale_out_seconds:
+                    if per_unit * len(queue) > threshold:
                         ex = worker_pool(max_workers - 1, wait_started=False)
                 while ex is not None and queue and len(pending) < 2 * (max_workers - 1):
                     u = queue.pop()  # the workers take from the end, this process the front
