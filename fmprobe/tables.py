@@ -1,19 +1,18 @@
-"""Tables in and out: one suffix rule for every stage that reads a CSV/Parquet table, and
-atomic writes for every file fmprobe writes for a user (a temporary name in the same folder,
-renamed into place, so that a crash or a full disk never leaves half a file under the final
-name)."""
+"""Tables in and out: one suffix rule for every stage that reads a CSV/Parquet table (a path or
+an fsspec URL), and atomic writes for every file fmprobe writes for a user (``storage``: a
+temporary name renamed into place, or one upload, so that a crash or a full disk never leaves
+half a file under the final name)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from fmprobe import storage
 from fmprobe.errors import FmprobeError, UsageError, first_line
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -35,11 +34,12 @@ def table_format(path: str | Path, *, what: str = "table") -> str:
 
 
 def read_table(path: str | Path, *, what: str = "table", id_column: bool = False) -> pd.DataFrame:
-    """Read a CSV, TSV or Parquet table (by suffix).
+    """Read a CSV, TSV or Parquet table (by suffix), from a path or a URL.
 
     Parameters
     ----------
     path : str or Path
+        A local path or an fsspec URL (``s3://bucket/labels.csv``).
     what : str
         How messages name the input (``"--labels"``, ``"RESULTS"``, ...).
     id_column : bool
@@ -47,35 +47,33 @@ def read_table(path: str | Path, *, what: str = "table", id_column: bool = False
 
     A missing, unreadable or damaged file is one line naming it (``UsageError``).
     """
-    path = Path(path)
     fmt = table_format(path, what=what)
-    if path.is_dir():
-        raise UsageError(f"{what} {str(path)!r} is a folder; pass a .csv or .parquet file")
-    if not path.is_file():
-        raise UsageError(f"{what} {str(path)!r} does not exist")
+    text = storage.local(path)
+    with storage.errors(text, what=what):
+        if storage.isdir(text):
+            raise UsageError(f"{what} {text!r} is a folder; pass a .csv or .parquet file")
+        if not storage.exists(text):
+            raise UsageError(f"{what} {text!r} does not exist")
+    options = {"storage_options": storage.storage_options()} if storage.is_url(text) else {}
     try:
         if fmt == "parquet":
-            table = pd.read_parquet(path)
+            table = pd.read_parquet(text, **options)
         else:
-            table = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",")
+            table = pd.read_csv(text, sep="\t" if fmt == "tsv" else ",", **options)
     except Exception as exc:  # the readers raise many types for a damaged file
-        first = first_line(exc)
-        raise UsageError(f"{what} {str(path)!r} cannot be read as {fmt} ({first})") from None
+        raise UsageError(f"{what} {text!r} cannot be read as {fmt} ({first_line(exc)})") from None
     if id_column:
         if "id" not in table.columns:
-            raise UsageError(
-                f"{what} {str(path)!r} has no 'id' column (columns: {list(table.columns)})"
-            )
+            raise UsageError(f"{what} {text!r} has no 'id' column (columns: {list(table.columns)})")
         table["id"] = table["id"].astype(str)
     return table
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, what: str = "output") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was; a full disk
-    or a read-only folder is one line (``FmprobeError``, exit code 1).
+    """Yield a local temporary path; on success it becomes ``path`` in one step (renamed
+    beside it, or uploaded as one object to a URL). On any failure nothing is left under
+    ``path``; a full disk or a read-only folder is one line (``FmprobeError``, exit code 1).
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
@@ -84,44 +82,21 @@ def atomic_path(path: str | Path, *, what: str = "output") -> Iterator[Path]:
     >>> out.read_text()
     'done'
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{what} {str(path)!r} is a folder; pass a file path")
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        with storage.atomic_write(path, what=what) as tmp:
+            yield tmp
     except OSError as exc:
-        raise UsageError(
-            f"{what} {str(path)!r}: cannot create its folder ({exc.strerror})"
-        ) from None
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise FmprobeError(
-                f"no space left on the device while writing {str(path)!r}; nothing was written "
-                "under that name: free space and rerun the same command"
-            ) from None
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise FmprobeError(f"cannot write {str(path)!r} ({exc.strerror})") from None
         raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
-def write_table(df: pd.DataFrame, path: str | Path, *, what: str = "output") -> Path:
+def write_table(df: pd.DataFrame, path: str | Path, *, what: str = "output") -> str:
     """Write ``df`` as CSV, TSV or Parquet (by suffix), atomically. Returns the path."""
-    path = Path(path)
     fmt = table_format(path, what=what)
     with atomic_path(path, what=what) as tmp:
         if fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
-    return path
+    return str(path)

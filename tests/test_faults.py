@@ -270,7 +270,7 @@ def test_units_are_one_label_count_each_and_a_full_disk_leaves_nothing_half_writ
     store = _store(tmp_path, _labels_signal(tmp_path))
     report = sweep(store=str(store), out=str(tmp_path / "r.parquet"), **SWEEP)  # type: ignore[arg-type]
     assert report.units_total == 3  # one per label count: an interruption loses one at most
-    import fmprobe.tables
+    import fmprobe.storage
 
     real = os.replace
 
@@ -279,7 +279,7 @@ def test_units_are_one_label_count_each_and_a_full_disk_leaves_nothing_half_writ
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         real(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fmprobe.tables.os, "replace", full)
+    monkeypatch.setattr(fmprobe.storage.os, "replace", full)
     res = run_cli("store", "export", str(store), "--key", "f/x", "--out", str(tmp_path / "e.npy"))
     assert res.exit_code == 1 and "no space left" in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "e.npy").exists() and not list(tmp_path.glob(".*.tmp"))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from fmprobe import storage
 from fmprobe.errors import StoreError, did_you_mean, first_line
 from fmprobe.store.integrity import read_checked
 from fmprobe.store.layout import ATTR
@@ -185,23 +186,40 @@ def read_strings(array: zarr.Array) -> np.ndarray:
     return np.asarray(array[...], dtype=object).astype(str)
 
 
+def zarr_group(path: str | Path, *, mode: str) -> zarr.Group:
+    """``zarr.open_group`` of a local path or an fsspec URL (with ``--storage-options``)."""
+    text = storage.local(path)
+    if storage.is_url(text):
+        storage.filesystem(text)  # a missing backend is one line, before zarr's own message
+        return zarr.open_group(text, mode=mode, storage_options=storage.storage_options())
+    return zarr.open_group(text, mode=mode)
+
+
 def open_store(path: str | Path, *, mode: str = "r") -> FeatureStore:
-    """Open an existing store; a clear error when ``path`` is not one."""
-    path = str(path)
-    if "://" not in path and not Path(path).exists():
+    """Open an existing store (a local path or an fsspec URL); a clear error when ``path`` is
+    not one."""
+    path = storage.local(path)
+    with storage.errors(path, what="--store"):
+        there = store_exists(path)
+    if not there:
+        bucket = storage.missing_bucket(path)
+        if bucket is not None:
+            raise StoreError(
+                f"--store {path!r}: the bucket {bucket!r} does not exist; check its name (and "
+                "AWS_ENDPOINT_URL for a local server), or create it"
+            )
         raise StoreError(
             f"no feature store at {path!r}; create one with `fmprobe embed --store {path} ...` "
             "or `fmprobe store import`"
         )
     try:
-        root = zarr.open_group(path, mode=mode)
+        root = zarr_group(path, mode=mode)
         meta = root.attrs.get(ATTR)
         has_ids = "samples" in root and "id" in root["samples"]
     except Exception as exc:  # a damaged zarr.json raises JSON, key or value errors
-        first = first_line(exc)
         raise StoreError(
-            f"{path!r} is not a readable Zarr group ({first}); pass a feature store, or rebuild "
-            "it with `fmprobe embed --overwrite`"
+            f"{path!r} is not a readable Zarr group ({first_line(exc)}); pass a feature store, or "
+            "rebuild it with `fmprobe embed --overwrite`"
         ) from None
     if meta is None or not has_ids:
         what = (
@@ -215,4 +233,5 @@ def open_store(path: str | Path, *, mode: str = "r") -> FeatureStore:
 
 
 def store_exists(path: str | Path) -> bool:
-    return (Path(str(path)) / "zarr.json").exists()
+    """Whether ``path`` (a local path or a URL) holds a Zarr group."""
+    return storage.exists(storage.join(storage.local(path), "zarr.json"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from fmprobe import storage
 from fmprobe.errors import StoreError
 from fmprobe.parallel import fault_hook_for_tests
-from fmprobe.store.core import FeatureStore, open_store, store_exists
+from fmprobe.store.core import FeatureStore, open_store, store_exists, zarr_group
 from fmprobe.store.integrity import Damage, missing_chunks, undecodable_chunks
 from fmprobe.store.layout import ATTR, FORMAT_VERSION, feature_array_options
 
@@ -81,13 +81,15 @@ def add_columns(fs: FeatureStore, table: pd.DataFrame) -> list[str]:
 def create_store(
     path: str | Path, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool = False
 ) -> FeatureStore:
-    """Create a store for a dataset (``table``: ``id`` first, then labels and metadata)."""
+    """Create a store for a dataset (``table``: ``id`` first, then labels and metadata) at a
+    local path or an fsspec URL. The fmprobe metadata is written last: a store without it is
+    one whose creation did not finish."""
     from fmprobe import __version__
 
-    path = str(path)
-    if overwrite and Path(path).exists():
-        shutil.rmtree(path)
-    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    path = storage.local(path)
+    if overwrite:
+        storage.remove_tree(path)
+    root = zarr_group(path, mode="w-")
     write_samples(root, table)
     # the ids once more as the root's ``sample`` coordinate: xarray's DataTree hands it down to
     # every group, so each feature opens with its rows named
@@ -103,13 +105,15 @@ def create_store(
 def open_or_create_store(
     path: str, *, table: pd.DataFrame, dataset: dict[str, Any], overwrite: bool
 ) -> FeatureStore:
-    """The store of a dataset at ``path``: created when missing, opened when it was made from
-    the same data (``dataset["fingerprint"]``), refused (or, with ``overwrite``, rebuilt) when
-    the data changed."""
+    """The store of a dataset at ``path``: created when missing (or left unfinished by a killed
+    creator), opened when it was made from the same data (``dataset["fingerprint"]``), refused
+    (or, with ``overwrite``, rebuilt) when the data changed. Call it under ``creation_lock``."""
     if not store_exists(path):
-        if os.path.exists(path) and os.listdir(path):
+        if not storage.is_url(path) and storage.listdir(path):
             raise StoreError(f"--store {path!r} exists and is not a feature store; pick a new path")
         return create_store(path, table=table, dataset=dataset)
+    if ATTR not in zarr_group(path, mode="r").attrs:  # its creator was killed half-way
+        return create_store(path, table=table, dataset=dataset, overwrite=True)
     fs = open_store(path, mode="a")
     fingerprint = dataset["fingerprint"]
     if fs.fingerprint != fingerprint:
@@ -123,11 +127,21 @@ def open_or_create_store(
     return fs
 
 
+CLAIM_STALE_SECONDS = 600.0  # an object-storage creation claim older than this was abandoned
+
+
 @contextlib.contextmanager
 def creation_lock(store: str) -> Iterator[None]:
-    """An exclusive lock file beside the store (POSIX ``flock``) while it and a model group
-    are created or checked: concurrent shards must not both create them. The kernel releases
-    the lock when its process dies, so a killed writer never leaves it stuck."""
+    """Held while a store and a model group are created or checked, so that shards started at
+    once create them once. Locally: an exclusive ``flock`` on a file beside the store (the
+    kernel releases it when its process dies). On object storage: a claim object beside the
+    store, taken with a conditional create (``If-None-Match``), removed afterwards; a claim
+    older than ``CLAIM_STALE_SECONDS`` (its holder was killed) is taken over."""
+    store = storage.local(store)
+    if storage.is_url(store):
+        with _claim(storage.sibling(store, ".creating")):
+            yield
+        return
     import fcntl
 
     path = os.path.abspath(store.rstrip("/")) + ".lock"
@@ -138,6 +152,26 @@ def creation_lock(store: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _claim(path: str, *, poll: float = 0.5) -> Iterator[None]:
+    import json
+    import time
+
+    while not storage.create_exclusive(path, json.dumps({"t": time.time()}).encode()):
+        try:
+            age = time.time() - float(json.loads(storage.read_text(path))["t"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            continue  # released, or being written: try again
+        if age > CLAIM_STALE_SECONDS:
+            storage.remove(path)
+            continue
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        storage.remove(path)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,11 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fmprobe import locks
+from fmprobe import locks, storage
 from fmprobe.devices import resolve_device
 from fmprobe.errors import UsageError
 from fmprobe.options import check_engine, parse_shard, split_list
@@ -165,11 +164,12 @@ def _convergence(result: pd.DataFrame, report: SweepReport, cfg: SweepConfig) ->
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
-def _subgroups(out_path: Path, group_cols: list[str], *, store: str, labels: str | None) -> str:
+def _subgroups(out_path: str, group_cols: list[str], *, store: str, labels: str | None) -> str:
     from fmprobe.stats.subgroups import subgroup_metrics
 
     sub = subgroup_metrics(results=out_path, group_by=group_cols, store=store, labels=labels)
-    sub_path = out_path.with_name(f"{out_path.stem}.subgroups{out_path.suffix}")
+    stem, _, suffix = out_path.rpartition(".")
+    sub_path = f"{stem}.subgroups.{suffix}"
     write_part(sub.table, sub_path)
     return str(sub_path)
 
@@ -299,8 +299,8 @@ def sweep(
         todo = [u for u in mine if not ledger.done(u, predictions=save_predictions)]
         report = SweepReport(out=str(out_path), rows=0, units_total=len(mine),
                              units_done_before=len(mine) - len(todo))  # fmt: skip
-        job = SweepJob(store=store, cfg=cfg, parts=str(ledger.parts),
-                       predictions=str(ledger.predictions) if save_predictions else None,
+        job = SweepJob(store=store, cfg=cfg, parts=ledger.parts,
+                       predictions=ledger.predictions if save_predictions else None,
                        device=str(dev), inputs=inputs)  # fmt: skip
         t_loop = time.perf_counter()
         report.probes_fitted = _run_with_progress(job, todo, engine=engine, address=address,
@@ -320,15 +320,18 @@ def sweep(
     return report
 
 
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.is_dir():
+def _check_out(out: str) -> str:
+    """``--out``: a Parquet file's path or URL (never a folder)."""
+    out = storage.local(out)
+    with storage.errors(out, what="--out"):
+        folder = storage.isdir(out)
+    if folder:
         raise UsageError(
             f"--out {out!r} is a folder; pass the results file, e.g. {out}/results.parquet"
         )
-    if path.suffix.lower() not in (".parquet", ".pq"):
+    if not out.lower().endswith((".parquet", ".pq")):
         raise UsageError(f"--out {out!r}: the results table is Parquet; name it *.parquet")
-    return path
+    return out
 
 
 def _run_with_progress(
@@ -345,13 +348,12 @@ def _run_with_progress(
 
 
 def _write_table(
-    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: Path, *, seeds_per_unit: int
+    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: str, *, seeds_per_unit: int
 ) -> pd.DataFrame:
     """The results table: this run's (or shard's) parts in plan order."""
     frames, counts = [], []
     for u in mine:
-        name = ledger.part_name(u)
-        frame = pd.read_parquet(ledger.parts / f"{name}.parquet")
+        frame = storage.read_parquet(ledger.part_path(u))
         frames.append(frame)
         counts.append((u.name, len(frame)))
     result = pd.concat(frames, ignore_index=True) if frames else unit_frame([], cfg)
@@ -360,7 +362,7 @@ def _write_table(
 
 
 def _dry_run(
-    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: Path, *, overwrite: bool,
+    ledger: Ledger, mine: list[Unit], cfg: SweepConfig, out_path: str, *, overwrite: bool,
     predictions: bool,
 ) -> SweepReport:  # fmt: skip
     """What the sweep would do: which units it would reuse and which it would compute (and

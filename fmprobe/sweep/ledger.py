@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
+from fmprobe import storage
 from fmprobe.errors import UsageError
 from fmprobe.store import FeatureStore
 from fmprobe.sweep.config import SweepConfig
@@ -62,25 +61,30 @@ def input_identities(
 
 @dataclass(frozen=True)
 class Ledger:
-    """Where a sweep's parts are, and which inputs they must come from."""
+    """Where a sweep's parts are (a folder or a URL prefix), the parts and predictions that
+    were there when it was opened, and which inputs the parts must come from."""
 
-    parts: Path
-    predictions: Path
+    parts: str
+    predictions: str
     inputs: tuple[tuple[str, str, str], ...]
+    present: frozenset[str] = frozenset()  # names in ``parts`` when the ledger was opened
+    present_predictions: frozenset[str] = frozenset()
 
     def part_name(self, unit: Unit) -> str:
         return part_name(unit, self.inputs)
 
+    def part_path(self, unit: Unit) -> str:
+        return storage.join(self.parts, f"{self.part_name(unit)}.parquet")
+
     def done(self, unit: Unit, *, predictions: bool) -> bool:
-        name = self.part_name(unit)
-        if not (self.parts / f"{name}.parquet").exists():
-            return False
-        return not predictions or (self.predictions / f"{name}.parquet").exists()
+        """Whether the unit's current part was there (and its predictions, when kept)."""
+        name = f"{self.part_name(unit)}.parquet"
+        return name in self.present and (not predictions or name in self.present_predictions)
 
     def stale(self, unit: Unit) -> bool:
-        """A part of this unit exists, computed from other inputs."""
-        current = self.part_name(unit)
-        return any(p.stem != current for p in self.parts.glob(f"{unit.name}-*.parquet"))
+        """A part of this unit was there, computed from other inputs."""
+        current = f"{self.part_name(unit)}.parquet"
+        return any(n.startswith(f"{unit.name}-") and n != current for n in self.present)
 
     def remove_stale(self, units: Sequence[Unit]) -> int:
         """Delete every part and prediction file that is not one of ``units``' current parts
@@ -88,9 +92,9 @@ class Ledger:
         keep = {f"{self.part_name(u)}.parquet" for u in units}
         removed = 0
         for folder in (self.parts, self.predictions):
-            for p in folder.glob("*.parquet") if folder.is_dir() else []:
-                if p.name not in keep and not p.name.startswith("test-"):
-                    p.unlink(missing_ok=True)
+            for name in storage.listdir(folder):
+                if name.endswith(".parquet") and name not in keep and not name.startswith("test-"):
+                    storage.remove(storage.join(folder, name))
                     removed += 1
         return removed
 
@@ -102,21 +106,20 @@ def part_name(unit: Unit, inputs: Sequence[tuple[str, str, str]]) -> str:
 
 
 def open_ledger(
-    out: Path, cfg: SweepConfig, inputs: tuple[tuple[str, str, str], ...], *, overwrite: bool,
+    out: str, cfg: SweepConfig, inputs: tuple[tuple[str, str, str], ...], *, overwrite: bool,
     predictions: bool, write: bool = True,
 ) -> Ledger:  # fmt: skip
-    """``<out>.parts/`` for ``cfg``: a ledger of a sweep with other settings is refused unless
-    ``overwrite``, which discards every part and prediction first. ``write=False`` (a dry
-    run) checks and changes nothing on disk."""
-    parts = out.with_name(out.name + ".parts")
-    preds = out.with_name(out.name + ".predictions")
-    meta_path = parts / CONFIG_FILE
+    """``<out>.parts/`` for ``cfg`` (``out`` a path or a URL): a ledger of a sweep with other
+    settings is refused unless ``overwrite``, which discards every part and prediction first.
+    ``write=False`` (a dry run) checks and changes nothing."""
+    parts, preds = storage.sibling(out, ".parts"), storage.sibling(out, ".predictions")
+    meta_path = storage.join(parts, CONFIG_FILE)
     if overwrite and write:
         for folder in (parts, preds):
-            shutil.rmtree(folder, ignore_errors=True)
-    elif meta_path.exists() and not overwrite:
+            storage.remove_tree(folder)
+    elif not overwrite and storage.exists(meta_path):
         try:
-            old = json.loads(meta_path.read_text())
+            old = json.loads(storage.read_text(meta_path))
         except (OSError, ValueError):
             old = {}
         if old.get("digest") != cfg.digest():
@@ -124,12 +127,16 @@ def open_ledger(
                 f"{out} holds results of a sweep with other settings; pass a new --out, or "
                 "--overwrite to start again"
             )
+    present = frozenset() if overwrite else frozenset(storage.listdir(parts))
+    kept = frozenset() if overwrite else frozenset(storage.listdir(preds))
+    ledger = Ledger(parts=parts, predictions=preds, inputs=inputs, present=present,
+                    present_predictions=kept)  # fmt: skip
     if not write:
-        return Ledger(parts=parts, predictions=preds, inputs=inputs)
-    parts.mkdir(parents=True, exist_ok=True)
+        return ledger
+    storage.makedirs(parts)
     if predictions:
-        preds.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(preds)
     text = json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}, indent=2, default=str)
     with atomic_path(meta_path) as tmp:
         tmp.write_text(text)
-    return Ledger(parts=parts, predictions=preds, inputs=inputs)
+    return ledger

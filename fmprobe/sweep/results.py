@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmprobe import locks
+from fmprobe import locks, storage
 from fmprobe.errors import UsageError, first_line
 from fmprobe.sweep.config import SweepConfig
 from fmprobe.sweep.plan import plan_units
@@ -146,7 +146,7 @@ def unit_frame(rows: list[dict[str, Any]], cfg: SweepConfig | Provenance) -> pd.
     return pd.DataFrame(data)
 
 
-def write_part(df: pd.DataFrame, path: Path) -> None:
+def write_part(df: pd.DataFrame, path: str | Path) -> None:
     """A unit's part (or any Parquet file of the sweep's folders), written atomically."""
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
@@ -159,21 +159,22 @@ def write_predictions(
     y_test: np.ndarray,
     task: Task,
     ids: np.ndarray,
-    path: Path,
+    folder: str,
+    name: str,
 ) -> None:
     """``--save-predictions``: each probe's test-set scores, one row per probe.
 
-    ``path`` (``<out>.predictions/<unit part>.parquet``) holds the key columns (feature,
-    task, probe, sampler, n, seed, status), ``test`` (the name of the test table) and
-    ``scores``: float32, T values for binary tasks (the class-1 score), T·K row-major for K
-    classes. ``test-<digest>.parquet``
-    lists that test set in score order: ``id``, ``row`` (store row) and ``y`` (class code).
+    ``<folder>/<name>.parquet`` (``<out>.predictions/<unit part>.parquet``) holds the key
+    columns (feature, task, probe, sampler, n, seed, status), ``test`` (the name of the test
+    table) and ``scores``: float32, T values for binary tasks (the class-1 score), T·K
+    row-major for K classes. ``test-<digest>.parquet`` lists that test set in score order:
+    ``id``, ``row`` (store row) and ``y`` (class code).
     """
     digest = hashlib.sha256(task.name.encode() + b"|")
     digest.update(np.ascontiguousarray(test_rows, dtype=np.int64).tobytes())
     test_name = "test-" + digest.hexdigest()[:16]
-    test_path = path.with_name(f"{test_name}.parquet")
-    if not test_path.exists():
+    test_path = storage.join(folder, f"{test_name}.parquet")
+    if not storage.exists(test_path):
         table = pd.DataFrame({"id": np.asarray(ids[test_rows]).astype(str),
                               "row": test_rows.astype(np.int64),
                               "y": y_test.astype(np.int64)})  # fmt: skip
@@ -184,17 +185,22 @@ def write_predictions(
     table["test"] = test_name
     table["n_classes"] = task.n_classes
     table["scores"] = [np.asarray(r["_scores"], np.float32).ravel() for r in fitted]
-    write_part(table, path)
+    write_part(table, storage.join(folder, f"{name}.parquet"))
 
 
-def shard_path(out: Path, i: int, n: int) -> Path:
-    """Shard I of N writes ``results.shard-I-of-N.parquet`` beside ``results.parquet``."""
-    return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
+def shard_path(out: str, i: int, n: int) -> str:
+    """Shard I of N writes ``results.shard-I-of-N.parquet`` beside ``results.parquet``.
+
+    >>> shard_path("s3://b/results.parquet", 2, 8)
+    's3://b/results.shard-2-of-8.parquet'
+    """
+    stem, dot, suffix = out.rpartition(".")
+    return f"{stem}.shard-{i}-of-{n}.{suffix}" if dot else f"{out}.shard-{i}-of-{n}"
 
 
 def write_results(
     df: pd.DataFrame,
-    path: Path,
+    path: str | Path,
     cfg: SweepConfig,
     *,
     seeds_per_unit: int,
@@ -220,17 +226,15 @@ def write_results(
 
 
 def _read_shard(path: str) -> tuple[dict[str, Any], pd.DataFrame]:
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
-        raise UsageError(f"sweep merge: {path!r} does not exist")
+    with storage.errors(path, what="sweep merge:"):
+        if not storage.exists(path):
+            raise UsageError(f"sweep merge: {path!r} does not exist")
     try:
-        md = pq.read_schema(path).metadata or {}
-        frame = pd.read_parquet(path)
+        md = storage.parquet_metadata(path)
+        frame = storage.read_parquet(path)
     except Exception as exc:  # a damaged or foreign file: pyarrow raises several types
-        first = first_line(exc)
         raise UsageError(
-            f"sweep merge: {path!r} is not a readable Parquet table ({first})"
+            f"sweep merge: {path!r} is not a readable Parquet table ({first_line(exc)})"
         ) from None
     if SWEEP_META_KEY not in md:
         raise UsageError(f"sweep merge: {path!r} is not a table written by fmprobe sweep")
@@ -284,5 +288,5 @@ def merge(*, parts: Sequence[str], out: str) -> pd.DataFrame:
     df = df.iloc[order].reset_index(drop=True)
     units = sorted(seen.items(), key=lambda u: rank[u[0]])
     with locks.writer(out, "results", what=f"the sweep results {out!r}"):
-        write_results(df, Path(out), cfg, seeds_per_unit=per_unit, units=units)
+        write_results(df, out, cfg, seeds_per_unit=per_unit, units=units)
     return df

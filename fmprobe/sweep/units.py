@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fmprobe import storage
 from fmprobe.devices import resolve_device
 from fmprobe.parallel import fault_hook_for_tests
 from fmprobe.probes.batch import C_GRID, fit_score_batch, training_metrics
@@ -383,7 +383,6 @@ class UnitRunner:
         """Run ``units``, each written as its Parquet part (atomically, after its predictions
         when kept); returns the number of probes fitted."""
         job, cfg, fs = self.job, self.job.cfg, self.fs
-        parts, preds = Path(job.parts), Path(job.predictions) if job.predictions else None
         fitted = 0
         for unit in units:
             task = self.tasks_by_name[unit.task]
@@ -398,13 +397,15 @@ class UnitRunner:
                     rows.append(row)
                     if progress is not None:
                         progress(1)
-            if preds is not None:  # before the results part, which marks the unit done
-                kept = preds / f"{job.part_name(unit)}.parquet"
+            if job.predictions:  # before the results part, which marks the unit done
                 write_predictions(rows, test_rows=data.test, y_test=data.y_test.cpu().numpy(),
-                                  task=task, ids=fs.ids, path=kept)  # fmt: skip
+                                  task=task, ids=fs.ids, folder=job.predictions,
+                                  name=job.part_name(unit))  # fmt: skip
             for row in rows:
                 row.pop("_scores", None)
-            write_part(unit_frame(rows, cfg), parts / f"{job.part_name(unit)}.parquet")
+            write_part(
+                unit_frame(rows, cfg), storage.join(job.parts, f"{job.part_name(unit)}.parquet")
+            )
             fitted += sum(1 for r in rows if r["status"] in FITTED)
             fault_hook_for_tests()
         return fitted
