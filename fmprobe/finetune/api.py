@@ -210,7 +210,7 @@ def _config(dataset: Dataset, encoder: Encoder, opts: dict[str, Any],
 
 
 def _run(job: FinetuneJob, todo: list[FinetuneUnit], *, engine: str, address: str | None,
-         progress: bool) -> int:  # fmt: skip
+         progress: bool, encoder: Encoder) -> int:  # fmt: skip
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="model", desc=f"finetune {job.cfg.probe}", file=sys.stderr,
@@ -220,7 +220,7 @@ def _run(job: FinetuneJob, todo: list[FinetuneUnit], *, engine: str, address: st
             from fmprobe.finetune.ray_engine import run_on_ray
 
             return run_on_ray(job, todo, address=address, progress=bar.update)
-        return execute_units(job, todo, progress=bar.update)
+        return execute_units(job, todo, progress=bar.update, encoder=encoder)
     finally:
         bar.close()
 
@@ -318,7 +318,6 @@ def finetune(
     unreadable = np.zeros(len(dataset), bool)
     unreadable[list(bad)] = True
     units = plan_units(cfg, task_pools(task_objs, split, unreadable))
-    del encoder
     preds = out_path.with_name(out_path.name + ".predictions")
     if save_predictions:
         preds.mkdir(exist_ok=True)
@@ -332,7 +331,8 @@ def finetune(
                             units_done_before=len(mine) - len(todo), feature=cfg.feature,
                             probe=cfg.probe, unreadable=len(bad), device=str(dev))  # fmt: skip
     t_loop = time.perf_counter()
-    report.trained = _run(job, todo, engine=engine, address=address, progress=progress)
+    report.trained = _run(job, todo, engine=engine, address=address, progress=progress,
+                          encoder=encoder)  # fmt: skip
     if shard_n > 1:
         out_path = shard_path(out_path, shard_i, shard_n)
         report.out = str(out_path)

@@ -113,9 +113,11 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 class FinetuneRunner:
     """Runs the units of one job, keeping its state between calls: the dataset, tasks, pools,
-    the base encoder, the preprocessed images and (``linear``) the frozen features."""
+    the base encoder, the preprocessed images and (``linear``) the frozen features.
+    ``encoder``: the configured encoder when the caller has built it already (on the job's
+    device)."""
 
-    def __init__(self, job: FinetuneJob) -> None:
+    def __init__(self, job: FinetuneJob, *, encoder: Encoder | None = None) -> None:
         self.job = job
         cfg = job.cfg
         self.dataset = parse_data(job.data)
@@ -125,13 +127,10 @@ class FinetuneRunner:
         self.readable = np.setdiff1d(candidate_rows(tasks), np.flatnonzero(unreadable))
         self.pools = task_pools(tasks, split, unreadable)
         self.dev = resolve_device(job.device)
-        self.encoder = build_encoder(
-            cfg.model,
-            weights=job.weights,
-            random_init=cfg.random_init,
-            model_kwargs=json.loads(cfg.model_kwargs),
-            device=self.dev,
-        )
+        self.encoder = encoder or build_encoder(
+            cfg.model, weights=job.weights, random_init=cfg.random_init,
+            model_kwargs=json.loads(cfg.model_kwargs), device=self.dev,
+        )  # fmt: skip
         self.readout = find_readout(self.encoder, self.dev)
         self.amp = cfg.amp and self.dev.type == "cuda"
         cnn = self.encoder.cls_source == "global_average"
@@ -250,11 +249,18 @@ class FinetuneRunner:
         return trained
 
 
-def execute_units(job: FinetuneJob, units: Sequence[FinetuneUnit], *, progress: Any = None) -> int:
-    """The local engine: run ``units`` in this process; returns the number of models trained."""
+def execute_units(
+    job: FinetuneJob,
+    units: Sequence[FinetuneUnit],
+    *,
+    progress: Any = None,
+    encoder: Encoder | None = None,
+) -> int:
+    """The local engine: run ``units`` in this process (with ``encoder`` when it is built
+    already); returns the number of models trained."""
     if not units:
         return 0
-    runner = FinetuneRunner(job)
+    runner = FinetuneRunner(job, encoder=encoder)
     try:
         return runner.run(units, progress=progress)
     finally:
