@@ -25,6 +25,7 @@ from fmprobe.encoders.base import check_weights_path, file_sha256
 from fmprobe.errors import UsageError
 from fmprobe.finetune.adapt import (
     Classifier,
+    Readout,
     add_lora,
     check_gradients,
     find_readout,
@@ -117,7 +118,7 @@ def _check_plan_options(*, seeds: int, sampler: str, split_col: str | None,
 def _adaptation(
     encoder: Encoder, *, method: str, rank: int, alpha: int, targets: Any, model: str,
     device: torch.device,
-) -> tuple[tuple[str, ...], Any]:  # fmt: skip
+) -> tuple[tuple[str, ...], Readout]:  # fmt: skip
     """The resolved LoRA targets and the readout, checked by one forward and backward pass."""
     readout = find_readout(encoder, device)
     trial = copy.deepcopy(encoder)
