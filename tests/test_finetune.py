@@ -102,7 +102,7 @@ def _sweep_subsets(
     image), through the sweep's own functions."""
     fs = open_store(store)
     tasks, table = load_tasks(fs, ["label", "grade"], labels=str(labels))
-    split = sweep_split(table, stratify=tasks[0].codes, **split_opts)  # type: ignore[arg-type]
+    split = sweep_split(table, stratify=tasks[0].codes, **split_opts)
     X = fs.read_feature(FEATURE).astype(np.float32)
     train, test = {}, {}
     for t in tasks:
@@ -123,7 +123,7 @@ def test_subsets_and_test_sets_equal_the_sweeps_by_ids(
     want_train, want_test = _sweep_subsets(clinic["store"], clinic["labels"], split_opts, ns, seeds)
     dataset = parse_data(clinic["data"])
     tasks, _, split = tasks_and_split(dataset, tasks=["label", "grade"],
-                                      labels=str(clinic["labels"]), **split_opts)  # type: ignore[arg-type]  # fmt: skip
+                                      labels=str(clinic["labels"]), **split_opts)  # fmt: skip
     unreadable = np.array([i == 7 for i in range(len(dataset))])
     pools = task_pools(tasks, split, unreadable)
     ids = np.asarray(dataset.ids)
@@ -148,9 +148,9 @@ def test_rows_and_saved_test_sets_match_a_sweep_end_to_end(
     opts = dict(tasks="label,grade", labels=str(clinic["labels"]), n="4,10,all", seeds=2,
                 test_where="site=b")  # fmt: skip
     sweep(store=str(clinic["store"]), out=str(tmp_path / "s.parquet"), features=FEATURE,
-          save_predictions=True, progress=False, **opts)  # type: ignore[arg-type]  # fmt: skip
+          save_predictions=True, progress=False, **opts)  # fmt: skip
     report = finetune(data=str(clinic["data"]), out=str(tmp_path / "f.parquet"), method="linear",
-                      save_predictions=True, **_tiny(**opts, **QUICK))  # type: ignore[arg-type]  # fmt: skip
+                      save_predictions=True, **_tiny(**opts, **QUICK))  # fmt: skip
     assert report.unreadable == 1 and report.feature == FEATURE and report.probe == "linear-ft"
     s, f = pd.read_parquet(tmp_path / "s.parquet"), pd.read_parquet(tmp_path / "f.parquet")
     keys = ["task", "n", "seed", "n_test", "n_classes", "n_pos", "status", "split", "feature"]
@@ -198,8 +198,8 @@ def test_lora_trains_only_adapters_and_leaves_the_base_bit_equal(
     case: str, hf_models: dict[str, Path]
 ) -> None:
     enc, expected = _encoder(case, hf_models)
-    readout = find_readout(enc, CPU)  # type: ignore[arg-type]
-    clf = Classifier(enc, readout=readout, n_out=3, generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    readout = find_readout(enc, CPU)
+    clf = Classifier(enc, readout=readout, n_out=3, generator=torch.Generator().manual_seed(0))
     targets = resolve_targets(clf.backbone, None, what=case)
     assert targets == expected
     add_lora(clf.backbone, rank=4, alpha=8, targets=targets, seed=0)
@@ -207,7 +207,7 @@ def test_lora_trains_only_adapters_and_leaves_the_base_bit_equal(
     lora = {f"backbone.{n}" for n, _ in adapter_parameters(clf.backbone)}
     assert lora and trainable == lora | {"head.linear.weight", "head.linear.bias"}
     # one adapter pair per targeted projection of every block
-    assert len(lora) == 2 * len(expected) * enc.num_layers  # type: ignore[attr-defined]
+    assert len(lora) == 2 * len(expected) * enc.num_layers
     before = {k: v.clone() for k, v in clf.backbone.state_dict().items() if "lora_" not in k}
     X = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = np.arange(24) % 3
@@ -289,7 +289,7 @@ class _OutOfMemoryAbove(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(x)  # type: ignore[no-any-return]
+        return self.inner(x)
 
 
 def _linear_problem() -> tuple[_Tensors, np.ndarray]:
@@ -302,7 +302,7 @@ def _train(model: torch.nn.Module, micro: MicroBatch | None, **kw: object) -> to
     src, y = _linear_problem()
     groups = [{"params": list(model.parameters()), "base_lr": 0.05}]
     fit(model, src, rows=np.arange(64), y=y, groups=groups, seed=0, device=CPU, micro=micro,
-        settings=TrainSettings(epochs=5, min_steps=0, batch_size=16), **kw)  # type: ignore[arg-type]  # fmt: skip
+        settings=TrainSettings(epochs=5, min_steps=0, batch_size=16), **kw)  # fmt: skip
     return model
 
 
@@ -313,11 +313,11 @@ def _head() -> torch.nn.Module:
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_step() -> None:
     micro = MicroBatch(16)
-    a = _train(_OutOfMemoryAbove(_head(), limit=5), micro).inner  # type: ignore[union-attr]
+    a = _train(_OutOfMemoryAbove(_head(), limit=5), micro).inner
     assert micro.size == 4  # 16 → 8 → 4
     b = _train(_head(), MicroBatch(4))  # the same micro-batches from the start
     c = _train(_head(), None)  # whole batches: the same steps up to float rounding
-    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):  # type: ignore[union-attr]
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
         assert torch.equal(pa, pb)
         torch.testing.assert_close(pa, pc, rtol=1e-5, atol=1e-6)
 
@@ -327,7 +327,7 @@ def test_validation_fold_comes_from_the_n_labels_only() -> None:
     src, y = _linear_problem()
     rows = np.arange(10, 50)
     settings = TrainSettings(epochs=3, min_steps=0, batch_size=8)
-    train, val = validation_split(y[rows], seed=4, settings=settings)  # type: ignore[misc]
+    train, val = validation_split(y[rows], seed=4, settings=settings)
     np.testing.assert_array_equal(val, np.flatnonzero(fold_masks(y[rows], k=5, seed=4)[0]))
     assert len(train) + len(val) == len(rows) and not set(train) & set(val)
     head = _head()
@@ -347,7 +347,7 @@ def test_autocast_and_channels_last_paths_run_on_the_cpu(clinic: dict[str, Path]
 
     def run(amp: bool, model: object, channels_last: bool = False) -> torch.Tensor:
         src = ImageSource(ds, enc.transform, device=CPU, channels_last=channels_last)
-        clf = Classifier(model, readout=find_readout(model, CPU), n_out=1,  # type: ignore[arg-type]
+        clf = Classifier(model, readout=find_readout(model, CPU), n_out=1,
                          generator=torch.Generator().manual_seed(0))  # fmt: skip
         if channels_last:
             clf.backbone.to(memory_format=torch.channels_last)
@@ -392,7 +392,7 @@ def test_linear_head_agrees_with_the_sweeps_logreg_within_noise(
     """``--method linear`` (the same loop, frozen features, method defaults) against the
     sweep's L2 logistic regression on the same subsets and the same standardised feature."""
     finetune(data="builtin:digits", out=str(tmp_path / "lin.parquet"), method="linear",
-             n="50,200", seeds=3, **_tiny())  # type: ignore[arg-type]  # fmt: skip
+             n="50,200", seeds=3, **_tiny())  # fmt: skip
     lin, ref = pd.read_parquet(tmp_path / "lin.parquet"), pd.read_parquet(digits["logreg"])
     m = lin.merge(ref, on=["task", "n", "seed"], suffixes=("_ft", "_lr"))
     assert len(m) == 6 and (m["feature_ft"] == m["feature_lr"]).all()
@@ -411,7 +411,7 @@ def test_lora_rows_compare_and_report_against_the_probe(
     `fmprobe report` draws both (a learning-curve panel per probe)."""
     out = tmp_path / "lora.parquet"
     report = finetune(data="builtin:digits", out=str(out), method="lora", rank=4, n="50",
-                      seeds=2, save_predictions=True, **_tiny(**QUICK))  # type: ignore[arg-type]  # fmt: skip
+                      seeds=2, save_predictions=True, **_tiny(**QUICK))  # fmt: skip
     assert report.probe == "lora-r4" and report.trained == 2
     lora, ref = pd.read_parquet(out), pd.read_parquet(digits["logreg"])
     assert list(lora.columns) == list(ref.columns)
@@ -467,9 +467,9 @@ def test_shards_of_full_finetuning_merge_into_one_run(tmp_path: Path) -> None:
     shard is refused."""
     kw = _tiny(method="full", n="20,all", seeds=2, **QUICK)
     data = str(_small_folder(tmp_path / "data"))
-    finetune(data=data, out=str(tmp_path / "one.parquet"), **kw)  # type: ignore[arg-type]
+    finetune(data=data, out=str(tmp_path / "one.parquet"), **kw)
     for i in range(2):
-        finetune(data=data, out=str(tmp_path / "r.parquet"), shard=f"{i}/2", **kw)  # type: ignore[arg-type]
+        finetune(data=data, out=str(tmp_path / "r.parquet"), shard=f"{i}/2", **kw)
     shards = [str(tmp_path / f"r.shard-{i}-of-2.parquet") for i in range(2)]
     merged = merge(parts=shards, out=str(tmp_path / "m.parquet"))
     one = pd.read_parquet(tmp_path / "one.parquet")
@@ -502,13 +502,13 @@ def test_ray_engine_equals_local_and_survives_a_killed_worker(tmp_path: Path) ->
     ray = pytest.importorskip("ray")
     data = str(_small_folder(tmp_path / "data"))
     kw = _tiny(method="lora", rank=2, n="10,20", seeds=2, **QUICK)
-    finetune(data=data, out=str(tmp_path / "local.parquet"), **kw)  # type: ignore[arg-type]
+    finetune(data=data, out=str(tmp_path / "local.parquet"), **kw)
     out = tmp_path / "mixed.parquet"
-    finetune(data=data, out=str(out), shard="0/2", **kw)  # type: ignore[arg-type]
+    finetune(data=data, out=str(out), shard="0/2", **kw)
     os.environ["FMPROBE_TEST_DIE_ONCE"] = str(tmp_path / "died")
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        report = finetune(data=data, out=str(out), engine="ray", **kw)  # type: ignore[arg-type]
+        report = finetune(data=data, out=str(out), engine="ray", **kw)
     finally:
         os.environ.pop("FMPROBE_TEST_DIE_ONCE")
         ray.shutdown()
@@ -521,7 +521,7 @@ def test_ray_engine_equals_local_and_survives_a_killed_worker(tmp_path: Path) ->
 def test_a_transformers_model_end_to_end(hf_models: dict[str, Path], tmp_path: Path) -> None:
     data = str(_small_folder(tmp_path / "data"))
     finetune(data=data, model=f"hf:{hf_models['dino']}", out=str(tmp_path / "d.parquet"),
-             n="10", seeds=1, progress=False, **QUICK)  # type: ignore[arg-type]  # fmt: skip
+             n="10", seeds=1, progress=False, **QUICK)  # fmt: skip
     row = pd.read_parquet(tmp_path / "d.parquet").iloc[0]
     import pyarrow.parquet as pq
 
