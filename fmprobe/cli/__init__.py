@@ -9,6 +9,7 @@ import click
 
 from fmprobe.cli.compare import compare
 from fmprobe.cli.embed import embed
+from fmprobe.cli.finetune import finetune
 from fmprobe.cli.forecast import forecast
 from fmprobe.cli.models import models
 from fmprobe.cli.report import report
@@ -28,5 +29,5 @@ def main() -> None:
     """
 
 
-for _command in (embed, sweep, store, models, select, forecast, compare, report):
+for _command in (embed, sweep, finetune, store, models, select, forecast, compare, report):
     main.add_command(_command)
