@@ -335,7 +335,7 @@ def finetune(
     report.trained = _run(job, todo, engine=engine, address=address, progress=progress,
                           encoder=encoder)  # fmt: skip
     if shard_n > 1:
-        out_path = shard_path(out_path, shard_i, shard_n)
+        out_path = Path(shard_path(str(out_path), shard_i, shard_n))
         report.out = str(out_path)
     frames = [pd.read_parquet(parts / f"{u.name}.parquet") for u in mine]
     result = pd.concat(frames, ignore_index=True) if frames else unit_frame([], provenance(cfg))

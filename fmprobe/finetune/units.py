@@ -239,7 +239,7 @@ class FinetuneRunner:
             tp = self.pools[unit.task]
             if preds is not None:  # before the results part, which marks the unit done
                 write_predictions([row], test_rows=tp.test, y_test=tp.y_test, task=tp.task,
-                                  ids=ids, folder=preds, unit=unit)  # fmt: skip
+                                  ids=ids, folder=str(preds), name=unit.name)  # fmt: skip
             row.pop("_scores", None)
             write_part(unit_frame([row], prov), parts / f"{unit.name}.parquet")
             trained += row["status"] == "ok"
