@@ -431,9 +431,10 @@ def test_lora_rows_compare_and_report_against_the_probe(
     ref50 = ref[ref["n"] == 50]
     np.testing.assert_allclose(rec["a_mean"], lora["auroc"].mean(), atol=1e-6)
     np.testing.assert_allclose(rec["b_mean"], ref50[ref50.seed < 3]["auroc"].mean(), atol=1e-6)
-    r = run_cli("report", str(both), "--out", str(tmp_path / "report"))  # one panel per probe
+    r = run_cli("report", str(both), "--out", str(tmp_path / "report"), "--json")
     assert r.exit_code == 0, r.stderr
-    assert (tmp_path / "report" / "figures" / "01-curve-label.png").stat().st_size > 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "lora-r4" in page and "logreg" in page and "<svg" in page  # a panel per probe
 
 
 def _cli_args(out: Path) -> list[str]:

@@ -125,3 +125,24 @@ def engine_options(help_ray: str) -> Callable[[F], F]:
         )(func)
 
     return decorate
+
+
+def _set_storage_options(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        from fmprobe.storage import set_storage_options
+
+        try:
+            set_storage_options(parse_json_object(value, "--storage-options", '{"anon": true}'))
+        except UsageError as exc:
+            _fail(2, str(exc))
+
+
+storage_option = click.option(
+    "--storage-options",
+    default=None,
+    callback=_set_storage_options,
+    is_eager=True,
+    expose_value=False,
+    help="JSON options of the fsspec filesystem of s3://, gs://, ... paths (credentials and "
+    "endpoints also come from the usual environment, e.g. AWS_ENDPOINT_URL).",
+)

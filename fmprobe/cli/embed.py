@@ -15,6 +15,7 @@ from fmprobe.cli.common import (
     json_option,
     parse_json_object,
     quiet_option,
+    storage_option,
 )
 
 
@@ -103,6 +104,7 @@ from fmprobe.cli.common import (
 @engine_options("ray: shards as Ray tasks, one per GPU (or CPU) of the cluster.")
 @click.option("--workers", default=None, type=int, help="Ray shards (default: GPUs, else CPUs).")
 @quiet_option
+@storage_option
 @config_option
 @friendly
 def embed(**opts: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import friendly, json_option
+from fmprobe.cli.common import friendly, json_option, storage_option
 
 
 @click.group("store")
@@ -19,6 +19,7 @@ def store() -> None:
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verify", is_flag=True, help="Also read every chunk and check its checksum.")
+@storage_option
 @friendly
 def store_info(path: str, as_json: bool, verify: bool) -> None:
     """List the features of a store with their shapes.
@@ -43,6 +44,7 @@ def store_info(path: str, as_json: bool, verify: bool) -> None:
 @click.option("--dataset", default=None, help="HDF5 dataset name when the file holds several.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature of that name.")
 @json_option
+@storage_option
 @friendly
 def store_import(path: str, as_json: bool, **opts: Any) -> None:
     """Bring in embeddings computed elsewhere.
@@ -71,6 +73,7 @@ def store_import(path: str, as_json: bool, **opts: Any) -> None:
 )
 @click.option("--table", default=None, help="Also write the samples table (CSV or Parquet).")
 @json_option
+@storage_option
 @friendly
 def store_export(path: str, key: str, out: str, table: str | None, as_json: bool) -> None:
     """Write a feature to HDF5 or .npy.

@@ -15,6 +15,7 @@ from fmprobe.cli.common import (
     json_option,
     parse_json_object,
     quiet_option,
+    storage_option,
 )
 from fmprobe.errors import UsageError
 
@@ -161,6 +162,7 @@ class _SweepGroup(click.Group):
 )
 @json_option
 @quiet_option
+@storage_option
 @config_option
 @friendly
 @click.pass_context
@@ -199,6 +201,7 @@ def sweep(ctx: click.Context, **opts: Any) -> None:
 @click.argument("parts", nargs=-1, required=True)
 @click.option("--out", required=True, help="The merged results table (Parquet).")
 @json_option
+@storage_option
 @friendly
 def sweep_merge(parts: tuple[str, ...], out: str, as_json: bool) -> None:
     """Merge the tables of `sweep --shard I/N` runs into the table of one run.
