@@ -1,5 +1,6 @@
-"""Distance primitives of the selection strategies: exact kNN, radius graphs, k-means and
-farthest-first traversal, computed in blocks so that no N × N matrix is ever held.
+"""Distance primitives of the selection strategies: exact kNN, radius graphs and
+farthest-first traversal (k-means is in :mod:`fmprobe.select.kmeans`), computed in blocks so
+that no N × N matrix is ever held.
 
 Two backends compute the nearest-neighbour searches: ``faiss`` (exact ``IndexFlatL2``, on the
 GPU with faiss-gpu) and ``torch`` (blocked matrix products on any device). Everything around
@@ -21,6 +22,10 @@ from fmprobe.errors import UsageError
 # Rows per block of a blocked distance computation: BLOCK × N float32 distances at a time
 # (256 MB at N = 100,000 with the default), whatever N is.
 _BLOCK_BYTES = 256 * 2**20
+# Below this many (query, base) pairs a search runs through torch even on the faiss backend:
+# faiss's OpenMP start-up then costs more than the search (47 ms for 140 x 14 rows on a loaded
+# 2-core machine, against 0.1 ms), and k-means makes one such search per iteration.
+_FAISS_MIN_PAIRS = 1 << 20
 
 
 def _faiss() -> Any:
@@ -38,8 +43,16 @@ class Backend:
     name: str
     device: torch.device
 
-    def block_rows(self, n: int) -> int:
-        return int(max(1, min(n, _BLOCK_BYTES // (4 * max(n, 1)))))
+    def faiss_for(self, pairs: int) -> bool:
+        """Whether a search over ``pairs`` (query, base) pairs runs through faiss."""
+        return self.name == "faiss" and (pairs >= _FAISS_MIN_PAIRS or self.device.type != "cpu")
+
+    def block_rows(self, cols: int, rows: int | None = None) -> int:
+        """Rows per block of a (rows, cols) float32 distance matrix computed in blocks: as
+        many as fit in the block's bytes, at most ``rows`` (default ``cols``). Sized by the
+        columns, so a few columns (centroids, anchors) still give large blocks."""
+        limit = cols if rows is None else rows
+        return int(max(1, min(limit, _BLOCK_BYTES // (4 * max(cols, 1)))))
 
 
 def resolve_backend(device: str | None, backend: str | None = None) -> Backend:
@@ -100,14 +113,14 @@ def knn(
     both (M, k), nearest first. ``self_search`` (queries are ``base``) leaves each row's own
     index out of its neighbours."""
     kk = min(k + int(self_search), len(base))
-    if be.name == "faiss":
+    if be.faiss_for(len(base) * len(queries)):
         d2, idx = _faiss_index(base, be).search(np.ascontiguousarray(queries, np.float32), kk)
         d2, idx = np.maximum(d2, 0), idx.astype(np.int64)
     else:
         b = torch.as_tensor(base, device=be.device)
         bn = (b * b).sum(1)
         d_parts, i_parts = [], []
-        step = be.block_rows(len(base))
+        step = be.block_rows(len(base), len(queries))
         for s in range(0, len(queries), step):
             q = torch.as_tensor(queries[s : s + step], device=be.device)
             dist = ((q * q).sum(1)[:, None] + bn[None, :] - 2 * (q @ b.T)).clamp_(min=0)
@@ -134,7 +147,7 @@ def radius_graph(
     r2 = float(delta) ** 2
     rows, cols, total = [], [], 0
     step = be.block_rows(n)
-    index = _faiss_index(x, be) if be.name == "faiss" else None
+    index = _faiss_index(x, be) if be.faiss_for(n * n) else None
     xt = torch.as_tensor(x, device=be.device) if index is None else None
     xsq = (xt * xt).sum(1) if xt is not None else None
     for s in range(0, n, step):
@@ -168,7 +181,7 @@ def nearest_other_label(
 ) -> np.ndarray:
     """Distance from each row ``queries[i]`` to the nearest row of another label (inf if none)."""
     out = np.full(len(queries), np.inf)
-    if be.name == "faiss":
+    if be.faiss_for(len(x) * len(queries)):
         for lab in np.unique(labels[queries]):
             others = np.flatnonzero(labels != lab)
             mine = queries[labels[queries] == lab]
@@ -179,7 +192,7 @@ def nearest_other_label(
     xt = torch.as_tensor(x, device=be.device)
     xn = (xt * xt).sum(1)
     lab_t = torch.as_tensor(labels, device=be.device)
-    step = be.block_rows(len(x))
+    step = be.block_rows(len(x), len(queries))
     for s in range(0, len(queries), step):
         qi = torch.as_tensor(queries[s : s + step], device=be.device)
         dist = (xn[qi][:, None] + xn[None, :] - 2 * (xt[qi] @ xt.T)).clamp_(min=0)
@@ -190,7 +203,8 @@ def nearest_other_label(
 
 def sq_dist_to(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Squared distances (N, M) from the rows of ``x`` (norms ``xn``) to ``c`` (M, D)."""
-    return (xn[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T)).clamp_(min=0)
+    # one fused pass (|x|^2 + |c|^2) - 2 x.c: the (N, M) temporaries cost more than the product
+    return torch.addmm(xn[:, None] + (c * c).sum(1)[None, :], x, c.T, alpha=-2).clamp_(min=0)
 
 
 def farthest_first(
@@ -229,75 +243,3 @@ def farthest_first(
         picks.append(best)
         scores.append(float(np.sqrt(max(float(avail[best]), 0.0))))
     return np.asarray(picks, dtype=np.int64), np.asarray(scores)
-
-
-@dataclass(frozen=True)
-class KMeansResult:
-    labels: np.ndarray  # (N,) int64 in 0..k-1, every cluster non-empty
-    centroids: np.ndarray  # (k, D) float32
-    d2: np.ndarray  # (N,) squared distance of each row to its centroid
-    iterations: int
-
-    @property
-    def inertia(self) -> float:
-        return float(self.d2.sum())
-
-
-def kmeans(
-    x: np.ndarray, k: int, *, seed: int, be: Backend, max_iter: int = 30, init: str = "k-means++"
-) -> KMeansResult:
-    """Lloyd's k-means with k-means++ seeding (one candidate per step); the assignment step is
-    an exact 1-NN search through the backend. Empty clusters take the row farthest from its
-    centroid, so every cluster ends non-empty."""
-    n = len(x)
-    k = int(min(k, n))
-    rng = np.random.default_rng(seed)
-    xt = torch.as_tensor(x, device=be.device)
-    xn = (xt * xt).sum(1)
-    if init == "random":
-        centers = np.sort(rng.choice(n, k, replace=False))
-    else:
-        centers_l = [int(rng.integers(n))]
-        mind = sq_dist_to(xt, xn, xt[centers_l[0]][None, :])[:, 0].double().cpu().numpy()
-        for _ in range(1, k):
-            total = mind.sum()
-            if total <= 0:
-                rest = np.setdiff1d(np.arange(n), centers_l)
-                centers_l.extend(rest[: k - len(centers_l)].tolist())
-                break
-            nxt = int(np.searchsorted(np.cumsum(mind), rng.random() * total, side="right"))
-            nxt = min(nxt, n - 1)
-            centers_l.append(nxt)
-            d_new = sq_dist_to(xt, xn, xt[nxt][None, :])[:, 0].double().cpu().numpy()
-            np.minimum(mind, d_new, out=mind)
-        centers = np.asarray(centers_l)
-    centroids = np.ascontiguousarray(x[centers], dtype=np.float32)
-    labels = np.full(n, -1, dtype=np.int64)
-    it = 0
-    d2 = np.zeros(n, dtype=np.float32)
-    for it in range(1, max_iter + 1):  # noqa: B007
-        # Two candidates re-ranked on exact distances: backends then agree on near-ties.
-        d2_k, idx = knn(centroids, x, min(2, k), be)
-        new, d2 = idx[:, 0], d2_k[:, 0]
-        counts = np.bincount(new, minlength=k)
-        for empty in np.flatnonzero(counts == 0):
-            movable = counts[new] > 1
-            far = int(np.argmax(np.where(movable, d2, -1.0)))
-            counts[new[far]] -= 1
-            new[far], d2[far] = empty, 0.0
-            counts[empty] = 1
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        onehot = sparse.csr_matrix(
-            (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
-        )
-        sums: np.ndarray = np.asarray(onehot @ x, dtype=np.float32)
-        centroids = (sums / counts[:, None]).astype(np.float32)
-    d2 = np.empty(n, dtype=np.float32)
-    step = 16384
-    ct = torch.as_tensor(centroids, device=be.device)
-    for s in range(0, n, step):
-        diff = xt[s : s + step] - ct[torch.as_tensor(labels[s : s + step], device=be.device)]
-        d2[s : s + step] = (diff * diff).sum(1).cpu().numpy()
-    return KMeansResult(labels=labels, centroids=centroids, d2=d2, iterations=it)
