@@ -59,7 +59,7 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def kmeans_vs_sklearn(n: int, d: int, n_inits: list[int], seeds: int) -> None:
+def kmeans_vs_sklearn(n: int, d: int, n_inits: list[int], seeds: int, sets: list[str]) -> None:
     """Mean over ``seeds`` of inertia(fmprobe) / inertia(sklearn) and of the time ratio, per
     data set, k and n_init; sklearn's ``KMeans(n_init=..., random_state=seed)``."""
     from sklearn.cluster import KMeans
@@ -71,14 +71,18 @@ def kmeans_vs_sklearn(n: int, d: int, n_inits: list[int], seeds: int) -> None:
 
     be = resolve_backend("cpu")
     digits = load_digits().data.astype(np.float32)
-    sets = [
-        ("digits", digits, (10, 20, 50, 100)),
-        ("digits, L2-normalised", l2_normalise(digits), (10, 20, 50, 100)),
-        (f"clustered {n:,} x {d}", make_features(n, d), (10, 100, 500)),
-    ]
+    data = {
+        "digits": lambda: ("digits", digits, (10, 20, 50, 100)),
+        "digits-l2": lambda: ("digits, L2-normalised", l2_normalise(digits), (10, 20, 50, 100)),
+        "clustered": lambda: (f"clustered {n:,} x {d}", make_features(n, d), (10, 100, 500)),
+    }
+    unknown = sorted(set(sets) - set(data))
+    if unknown:
+        raise SystemExit(f"--sets: unknown {unknown}; choose from {', '.join(data)}")
     print(f"k-means: fmprobe ({be.name}) / scikit-learn KMeans, mean over {seeds} seeds")
     print(f"{'data':<26} {'k':>5} {'n_init':>6} {'inertia':>9} {'time':>7} {'sk s':>7} {'it':>8}")
-    for name, x, ks in sets:
+    for key in sets:
+        name, x, ks = data[key]()
         for k in ks:
             for n_init in n_inits:
                 ratios, times, sk_s, its = [], [], [], []
@@ -110,6 +114,7 @@ def main() -> None:
     ap.add_argument("--kmeans", action="store_true", help="k-means against scikit-learn's.")
     ap.add_argument("--n-init", default="1,10", help="--kmeans: comma list of n_init.")
     ap.add_argument("--seeds", type=int, default=3, help="--kmeans: seeds per row.")
+    ap.add_argument("--sets", default="digits,digits-l2,clustered", help="--kmeans: data sets.")
     ap.add_argument("--threads", type=int, default=None, help="Limit BLAS/OpenMP/torch threads.")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,7 +126,7 @@ def main() -> None:
         threadpool_limits(args.threads)
     if args.kmeans:
         n_inits = [int(v) for v in args.n_init.split(",")]
-        kmeans_vs_sklearn(args.n, args.d, n_inits, args.seeds)
+        kmeans_vs_sklearn(args.n, args.d, n_inits, args.seeds, args.sets.split(","))
         return
     if args.child:
         child(args.child[0], args.child[1], args.budget, args.device)

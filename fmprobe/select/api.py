@@ -138,7 +138,7 @@ def select_indices(
         How many rows to pick, 1 <= budget <= rows available (N minus excluded and unreadable).
     strategy : str
         One of ``STRATEGIES``: random, kmeans, typiclust, probcover, coreset, fps, repdiv,
-        bal, usl (see the README's Select section for what each implements).
+        bal, usl (docs/methods/selection.md says what each implements).
     seed : int
         Non-negative; seeds random picks and k-means initialisations; equal seeds give equal
         picks.
