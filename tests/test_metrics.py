@@ -151,6 +151,43 @@ def test_nan_score_in_counted_row_gives_nan() -> None:
     assert torch.isnan(roc[0]) and roc[1].item() == 1.0
 
 
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_a_nan_score_makes_every_metric_nan_binary_or_multiclass(K: int) -> None:
+    """The rule: a NaN among a row's counted scores (any class) makes all three metrics NaN,
+    where scikit-learn raises; NaN rows aside, and NaN under the mask, results are
+    scikit-learn's on the same rows."""
+    rng = np.random.default_rng(20 + K)
+    B, T = 8, 60
+    shape = (B, T) if K == 2 else (B, T, K)
+    s = rng.normal(size=shape)
+    y = rng.integers(0, K, size=T)
+    m = np.ones((B, T), dtype=bool)
+    bad = [1, 4, 6]
+    for b, (t, c) in zip(bad, [(3, 0), (10, K - 1), (59, 1 % K)], strict=True):
+        s[(b, t) if K == 2 else (b, t, c)] = np.nan
+    s[(2, 5) if K == 2 else (2, 5, K - 1)] = np.nan  # row 2: a NaN that is not counted
+    m[2, 5] = False
+    out = classification_metrics(_t(s), _t(y), _t(m), n_classes=K, threshold=0.0)
+    for name in ("auroc", "auprc", "balanced_accuracy"):
+        assert torch.isnan(out[name][bad]).all(), name
+    with pytest.raises(ValueError, match="NaN"):  # row 1 holds a NaN in class 0's column
+        roc_auc_score(y == 0, s[1] if K == 2 else s[1][:, 0])
+    for b in sorted(set(range(B)) - set(bad)):
+        c = m[b]
+        if K == 2:
+            want = (roc_auc_score(y[c], s[b, c]), average_precision_score(y[c], s[b, c]),
+                    balanced_accuracy_score(y[c], s[b, c] > 0))  # fmt: skip
+        else:
+            roc, ap = _ref_multiclass(s[b, c], y[c], K)
+            want = (roc, ap, balanced_accuracy_score(y[c], s[b, c].argmax(1)))
+        got = tuple(out[name][b].item() for name in ("auroc", "auprc", "balanced_accuracy"))
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    if K > 2:
+        for fn in (multiclass_auroc, multiclass_average_precision):
+            r = fn(_t(s), _t(y), _t(m))
+            assert torch.isnan(r[bad]).all() and not torch.isnan(r[2])
+
+
 def _multiclass_labels(rng: np.random.Generator, B: int, T: int, K: int) -> np.ndarray:
     y = rng.integers(0, K, size=(B, T))
     for b in range(B):

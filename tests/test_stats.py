@@ -22,6 +22,7 @@ from fmprobe.stats import (
     delong,
     metric_replicates,
     paired_bootstrap,
+    pool_deltas,
     stratified_indices,
     subgroup_metrics,
 )
@@ -205,10 +206,24 @@ def test_compare_equals_the_slow_loop_and_the_results_table(swept: tuple[Path, P
         ref = res[(res.task == task) & (res.n == 100)].groupby("feature")["auroc"].mean()
         assert t.loc[task, "a_mean"] == pytest.approx(ref["enc_a/last/cls"], abs=1e-9)
         assert t.loc[task, "b_mean"] == pytest.approx(ref["enc_b/last/cls"], abs=1e-9)
-    diff, lo, hi = _slow_summary(np.concatenate(pooled))
+    # the pooled row: the two tasks' differences averaged within each replicate, by hand
+    per_replicate = [(d_f + d_t) / 2 for d_f, d_t in zip(pooled[0], pooled[1], strict=True)]
+    diff, lo, hi = _slow_summary(np.array(per_replicate))
+    far = min(sum(d <= 0 for d in per_replicate), sum(d >= 0 for d in per_replicate))
     assert t.loc["all", "difference"] == pytest.approx(diff, abs=1e-12)
-    assert (t.loc["all", "lower"], t.loc["all", "upper"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert (t.loc["all", "lower"], t.loc["all", "upper"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))  # fmt: skip
+    assert t.loc["all", "p_value"] == pytest.approx(min(1.0, 2 * (1 + far) / 41))
+    assert (t.loc["all", "pool"], t.loc["all", "tasks"]) == ("mean", 2)
+    assert t.loc["all", "a_mean"] == pytest.approx(t.loc[["finding", "tissue"], "a_mean"].mean())
     assert (t["lower"] > 0).all()  # enc_a holds the signal, enc_b a noisy half of it
+    mix = compare(results=out, a="enc_a/last/cls", b="enc_b/last/cls", n=100, replicates=40,
+                  seed=3, pool="mixture").table.set_index("task")  # fmt: skip
+    diff, lo, hi = _slow_summary(np.concatenate(pooled))
+    assert mix.loc["all", "difference"] == pytest.approx(diff, abs=1e-12)
+    assert (mix.loc["all", "lower"], mix.loc["all", "upper"]) == (pytest.approx(lo), pytest.approx(hi))  # fmt: skip
+    assert mix.loc["all", "pool"] == "mixture"
+    # the task rows do not depend on the pooling
+    pd.testing.assert_frame_equal(mix.drop(index="all"), t.drop(index="all"))
 
 
 def test_compare_probes_one_seed_delong_and_timing(
@@ -290,6 +305,52 @@ def test_bad_input_is_one_line_with_exit_code_2(swept: tuple[Path, Path], tmp_pa
         compare(results=out, a="enc_a/last/cls", b="enc_b/last/cls", n=20, replicates=3)
 
 
+def test_damaged_or_foreign_files_are_one_line_with_exit_code_2(
+    swept: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    _, out = swept
+    copy = tmp_path / "r.parquet"
+    shutil.copy(out, copy)
+    shutil.copytree(out.with_name(out.name + ".predictions"), tmp_path / "r.parquet.predictions")
+    args = ["--a", "enc_a/last/cls", "--b", "enc_b/last/cls", "--n", "100"]
+    (tmp_path / "table.csv").write_text("feature,task\nx,y\n")
+    (tmp_path / "half.parquet").write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])
+    for bad in ("table.csv", "half.parquet"):
+        r = CliRunner().invoke(main, ["compare", str(tmp_path / bad), *args])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert "is not a readable Parquet file" in lines[0] and bad in lines[0]
+    part = sorted((tmp_path / "r.parquet.predictions").glob("[!t]*.parquet"))[0]
+    part.write_bytes(b"PAR1 not really")
+    r = CliRunner().invoke(main, ["compare", str(copy), *args])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert part.name in lines[0] and "--save-predictions" in lines[0]
+
+
+def test_pool_deltas_average_the_defined_tasks_per_replicate() -> None:
+    a, b = np.array([0.1, -0.2, 0.3]), np.array([0.3, 0.0, 0.1])
+    undefined = np.full(3, np.nan)  # e.g. a subgroup whose test rows hold one class
+    np.testing.assert_allclose(pool_deltas([a, undefined, b]), [0.2, -0.1, 0.2])
+    np.testing.assert_allclose(pool_deltas([a, b], "mixture"), np.concatenate([a, b]))
+    assert np.isnan(pool_deltas([undefined])).all()
+
+
+def test_a_nan_score_makes_the_seed_nan_in_every_class() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 40)
+    p = rng.dirichlet(np.ones(3), size=(2, 40))
+    p[1, 7, 2] = np.nan  # seed 1: one NaN in class 2's column
+    idx = np.concatenate([np.arange(40)[None], stratified_indices(y, replicates=5, rng=rng)])
+    got = metric_replicates(p, y, idx)
+    assert np.isnan(got[1]).all()  # not the mean of classes 0 and 1
+    np.testing.assert_allclose(
+        got[0], [_sk_metric(y[i], p[0][i], "auroc") for i in idx], atol=1e-12
+    )
+
+
 def test_cli_json_and_table(swept: tuple[Path, Path]) -> None:
     _, out = swept
     args = ["compare", str(out), "--a", "enc_a/last/cls", "--b", "enc_b/last/cls", "--n", "100",
@@ -301,5 +362,8 @@ def test_cli_json_and_table(swept: tuple[Path, Path]) -> None:
     for x in rows:
         assert {"task", "metric", "difference", "lower", "upper", "p_value"} <= set(x)
         assert x["metric"] == "auprc" and x["lower"] <= x["difference"] <= x["upper"]
+    assert rows[-1]["pool"] == "mean" and rows[-1]["tasks"] == 2 and rows[0]["pool"] == ""
     text = CliRunner().invoke(main, args).stdout
-    assert "95% CI" in text and "all" in text
+    assert (
+        "95% CI" in text and "all: the mean over the tasks of each replicate's difference" in text
+    )

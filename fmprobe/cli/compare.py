@@ -35,6 +35,14 @@ from fmprobe.cli.common import config_option, friendly, json_option
 )
 @click.option("--store", default=None, help="The feature store the sweep read (for --group-by).")
 @click.option("--labels", default=None, help="The sweep's --labels table (group columns in it).")
+@click.option(
+    "--pool",
+    type=click.Choice(["mean", "mixture"]),
+    default="mean",
+    show_default=True,
+    help="Row `all`: the mean over tasks of each replicate's difference, or (mixture) "
+    "every task's differences concatenated.",
+)
 @json_option
 @config_option
 @friendly
@@ -43,7 +51,8 @@ def compare(**opts: Any) -> None:
 
     Needs a sweep run with --save-predictions. Per task the test set is resampled within
     each class; per replicate each arm's metric is averaged over its seeds; the table shows
-    the mean difference A − B, its percentile CI and a bootstrap p-value.
+    the mean difference A − B, its percentile CI and a bootstrap p-value. Row `all` is the
+    mean over tasks: each replicate's differences averaged over the tasks.
 
     \b
     Example:
@@ -66,6 +75,12 @@ def compare(**opts: Any) -> None:
         click.echo(json.dumps(c.records()))
         return
     click.echo(_fmt(c))
+    if c.table["task"].eq("all").any():
+        how = {
+            "mean": "the mean over the tasks of each replicate's difference",
+            "mixture": "every task's replicate differences concatenated (--pool mixture)",
+        }[c.pool]
+        click.echo(f"all: {how}")
 
 
 def _fmt(c: Any) -> str:

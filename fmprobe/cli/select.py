@@ -27,9 +27,17 @@ _NAMES = "random, kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl"
     "--delta", default=None, type=float, help="ProbCover: ball radius instead of choosing it."
 )
 @click.option(
+    "--n-init",
+    default=None,
+    type=int,
+    help="k-means seedings, the partition of lowest inertia kept (default 3).",
+)
+@click.option(
     "--exclude", default=None, help="CSV/Parquet with an `id` column: already labelled samples."
 )
-@click.option("--out", required=True, help="CSV to write: id, rank, score.")
+@click.option(
+    "--out", required=True, help="Table to write (.csv or .parquet, by suffix): id, rank, score."
+)
 @device_option
 @json_option
 @config_option
@@ -42,12 +50,12 @@ def select(**opts: Any) -> None:
       fmprobe select --store digits.zarr --feature timm-vit_tiny_patch16_224/block11/cls \\
           --budget 50 --strategy typiclust --out ids.csv
       fmprobe select --store digits.zarr --feature ... --budget 50 --strategy probcover \\
-          --k 10 --exclude ids.csv --out more.csv
+          --k 10 --exclude ids.csv --out more.parquet
     """
     from fmprobe.select import select as run_select
 
     as_json = opts.pop("as_json")
-    report = run_select(**opts)
+    report = run_select(**{k: v for k, v in opts.items() if not (k == "n_init" and v is None)})
     extra = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.info.items()
     )

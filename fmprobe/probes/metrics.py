@@ -8,6 +8,11 @@ including exact ties in the scores, and come back as float64 tensors of shape (B
 The ranking metrics sort each row once (O(B·T log T)), group equal scores and accumulate
 per-group positive and negative counts in float64; masked examples carry zero weight
 instead of being gathered out, so ragged rows never leave the device.
+
+NaN scores: scikit-learn refuses them (``ValueError: Input contains NaN``). Here a row with a
+NaN score among its counted examples gets NaN for every metric, binary or multiclass (in any
+class's column: one-vs-rest does not drop that class and average the others), balanced
+accuracy included (its prediction would be undefined). Masked examples may hold NaN freely.
 """
 
 from __future__ import annotations
@@ -100,6 +105,20 @@ def _nan_where_bad_scores(
     if not scores.is_floating_point():
         return out
     bad = (torch.isnan(scores) & (weight > 0)).any(dim=1)
+    return torch.where(bad, torch.full_like(out, float("nan")), out)
+
+
+def _nan_rows(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) True where a counted example of (B, T) or (B, T, K) ``scores`` holds a NaN."""
+    if not scores.is_floating_point():
+        return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    nan = torch.isnan(scores)
+    if nan.ndim == 3:
+        nan = nan.any(dim=2)
+    return (nan & mask).any(dim=1)
+
+
+def _nan_where(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, torch.full_like(out, float("nan")), out)
 
 
@@ -332,6 +351,11 @@ def _one_vs_rest(
     return s, y_ovr, w, B, K
 
 
+def _counted(w: torch.Tensor, B: int, K: int) -> torch.Tensor:
+    """The (B, T) mask of counted examples back from the one-vs-rest weights (B·K, T)."""
+    return w.view(B, K, -1)[:, 0, :] > 0
+
+
 def multiclass_auroc(
     scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -352,7 +376,8 @@ def multiclass_auroc(
     Returns
     -------
     Tensor (B,) float64
-        NaN where no class has a defined one-vs-rest AUROC (fewer than two classes counted).
+        NaN where no class has a defined one-vs-rest AUROC (fewer than two classes counted)
+        or a counted example has a NaN score in any class.
 
     Examples
     --------
@@ -361,7 +386,8 @@ def multiclass_auroc(
     tensor([1.], dtype=torch.float64)
     """
     s, y, w, B, K = _one_vs_rest(scores, labels, mask)
-    return torch.nanmean(_auroc_flat(s, y, w).view(B, K), dim=1)
+    per_class = _auroc_flat(s, y, w).view(B, K)
+    return _nan_where(torch.nanmean(per_class, dim=1), _nan_rows(scores, _counted(w, B, K)))
 
 
 def multiclass_average_precision(
@@ -382,7 +408,7 @@ def multiclass_average_precision(
     Returns
     -------
     Tensor (B,) float64
-        NaN where a row has no counted example.
+        NaN where a row has no counted example or a counted example has a NaN score.
 
     Examples
     --------
@@ -391,7 +417,8 @@ def multiclass_average_precision(
     tensor([1.], dtype=torch.float64)
     """
     s, y, w, B, K = _one_vs_rest(scores, labels, mask)
-    return torch.nanmean(_average_precision_flat(s, y, w).view(B, K), dim=1)
+    per_class = _average_precision_flat(s, y, w).view(B, K)
+    return _nan_where(torch.nanmean(per_class, dim=1), _nan_rows(scores, _counted(w, B, K)))
 
 
 def classification_metrics(
@@ -419,7 +446,8 @@ def classification_metrics(
     -------
     dict with "auroc", "auprc", "balanced_accuracy", each Tensor (B,) float64
         Binary uses :func:`auroc` / :func:`average_precision`; multiclass the macro
-        one-vs-rest :func:`multiclass_auroc` / :func:`multiclass_average_precision`.
+        one-vs-rest :func:`multiclass_auroc` / :func:`multiclass_average_precision`. All three
+        are NaN for a row with a NaN score among its counted examples.
 
     Examples
     --------
@@ -438,20 +466,21 @@ def classification_metrics(
         w = m.to(torch.float64)
         pred = (scores > threshold).long()
         roc, ap = _ranking_flat(scores, y, w)
+        bacc = balanced_accuracy(pred, y.long(), m, n_classes=2)
         return {
             "auroc": roc,
             "auprc": ap,
-            "balanced_accuracy": balanced_accuracy(pred, y.long(), m, n_classes=2),
+            "balanced_accuracy": _nan_where(bacc, _nan_rows(scores, m)),
         }
     _check_scores(scores, 3)
     if scores.shape[2] != n_classes:
         raise ValueError(f"scores has {scores.shape[2]} classes, n_classes is {n_classes}")
     s, y_ovr, w, B, K = _one_vs_rest(scores, labels, mask)
     roc, ap = _ranking_flat(s, y_ovr, w)
+    bad = _nan_rows(scores, _counted(w, B, K))
+    bacc = balanced_accuracy(scores.argmax(dim=2), labels, mask, n_classes=n_classes)
     return {
-        "auroc": torch.nanmean(roc.view(B, K), dim=1),
-        "auprc": torch.nanmean(ap.view(B, K), dim=1),
-        "balanced_accuracy": balanced_accuracy(
-            scores.argmax(dim=2), labels, mask, n_classes=n_classes
-        ),
+        "auroc": _nan_where(torch.nanmean(roc.view(B, K), dim=1), bad),
+        "auprc": _nan_where(torch.nanmean(ap.view(B, K), dim=1), bad),
+        "balanced_accuracy": _nan_where(bacc, bad),
     }

@@ -4,6 +4,8 @@ out): validation, canonical row order and the strategy registry."""
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fmprobe.errors import FmprobeError, StoreError, UsageError, did_you_mean
@@ -29,6 +32,7 @@ from fmprobe.select.coverage import (
     select_random,
     select_repdiv,
 )
+from fmprobe.select.kmeans import KMEANS_N_INIT
 
 _REGISTRY: dict[str, Callable[[Problem], Picks]] = {
     "random": select_random,
@@ -78,6 +82,10 @@ def parse_strategy(name: str) -> str:
     return key
 
 
+def _whole(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _row_keys(x: np.ndarray) -> np.ndarray:
     """A 64-bit digest of each row's bytes: sorting on it gives an order that does not depend
     on the order the rows came in."""
@@ -116,6 +124,7 @@ def select_indices(
     exclude: np.ndarray | None = None,
     k: int | None = None,
     delta: float | None = None,
+    n_init: int = KMEANS_N_INIT,
     device: str | None = None,
     backend: str | None = None,
 ) -> Selection:
@@ -129,9 +138,10 @@ def select_indices(
         How many rows to pick, 1 <= budget <= rows available (N minus excluded and unreadable).
     strategy : str
         One of ``STRATEGIES``: random, kmeans, typiclust, probcover, coreset, fps, repdiv,
-        bal, usl (see the README's Select section for what each implements).
+        bal, usl (docs/methods/selection.md says what each implements).
     seed : int
-        Seeds random picks and k-means initialisations; equal seeds give equal picks.
+        Non-negative; seeds random picks and k-means initialisations; equal seeds give equal
+        picks.
     exclude : (N,) bool array or int array of row indices, optional
         Rows already labelled: never picked, but they count as covered / as centers.
     k : int, optional
@@ -139,6 +149,9 @@ def select_indices(
         radius; default 10.
     delta : float, optional
         ProbCover only: the ball radius on L2-normalised features, instead of choosing it.
+    n_init : int
+        k-means seedings (kmeans, typiclust, fps, bal, usl and ProbCover's radius), the
+        partition of lowest inertia kept (see :mod:`fmprobe.select.kmeans`); default 3.
     device : str, optional
         cpu, cuda or cuda:N (default: CUDA when present).
     backend : {"faiss", "torch"}, optional
@@ -183,6 +196,10 @@ def select_indices(
             f"{int(labelled.sum())} excluded, {int((~finite).sum())} unreadable); "
             "lower --budget"
         )
+    if not _whole(seed) or seed < 0:
+        raise UsageError(f"--seed {seed!r}: expected a non-negative integer, e.g. 0")
+    if not _whole(n_init) or n_init < 1:
+        raise UsageError(f"--n-init {n_init!r}: expected a positive integer, e.g. 3")
     if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
         raise UsageError(f"--k {k!r}: expected a positive integer")
     if delta is not None and not (np.isfinite(delta) and delta > 0):
@@ -198,6 +215,7 @@ def select_indices(
         backend=be,
         k=None if k is None else int(k),
         delta=None if delta is None else float(delta),
+        n_init=int(n_init),
     )
     picks = _REGISTRY[name](problem)
     idx = order[picks.indices]
@@ -215,25 +233,82 @@ def select_indices(
     )
 
 
+OUT_SUFFIXES = (".csv", ".parquet")
+
+
 @dataclass(frozen=True)
 class SelectReport:
-    """What ``select`` did; ``to_dict()`` is the ``--json`` output."""
+    """What ``select`` did; ``to_dict()`` is the ``--json`` output (NaN scores as null).
+
+    Attributes
+    ----------
+    store, feature, strategy : str
+    budget, seed, n_init : int
+    rows, excluded, unreadable : int
+        Rows of the store, rows excluded (already labelled) and rows with non-finite features.
+    out : str or None
+        The table written (CSV or Parquet), if any.
+    seconds : float
+    ids : tuple of str
+        The picks in selection order (rank 1 first).
+    scores : tuple of float
+        The strategy's score of each pick (NaN where it has none).
+    info : dict
+        The strategy's facts (e.g. ProbCover's ``delta``) and the ``backend``.
+    """
 
     store: str
     feature: str
     strategy: str
     budget: int
     seed: int
+    n_init: int
     rows: int
     excluded: int
     unreadable: int
     out: str | None
     seconds: float
     ids: tuple[str, ...]
+    scores: tuple[float, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"ids": list(self.ids)}
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return asdict(self) | {
+            "ids": list(self.ids),
+            "scores": [clean(v) for v in self.scores],
+            "info": {k: clean(v) for k, v in self.info.items()},
+        }
+
+
+def _check_out(out: str | Path) -> Path:
+    path = Path(out)
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise UsageError(
+            f"--out {str(out)!r}: expected a .csv or .parquet file name (the suffix chooses)"
+        )
+    if path.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a directory; name a .csv or .parquet file")
+    return path
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` as CSV or Parquet (by the suffix) under a temporary name in the same
+    folder, then rename it into place: the file is whole or absent, never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FmprobeError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def select(
@@ -247,26 +322,28 @@ def select(
     out: str | Path | None = None,
     k: int | None = None,
     delta: float | None = None,
+    n_init: int = KMEANS_N_INIT,
     device: str | None = None,
 ) -> SelectReport:
     """Pick ``budget`` samples of a feature store to label first; write them to ``out``.
 
     Reads feature ``feature`` (a ``<model>/<layer>/<pool>`` key) of ``store``, skips the ids
-    listed in the ``id`` column of ``exclude`` (CSV/Parquet, already labelled) and writes a CSV
-    with columns ``id``, ``rank`` (1 = label first) and ``score`` (see ``select_indices``).
-    Rows are taken in order of their ids, so the picks do not depend on the store's row order.
+    listed in the ``id`` column of ``exclude`` (CSV/Parquet, already labelled) and writes a
+    table with columns ``id``, ``rank`` (1 = label first) and ``score`` (see
+    ``select_indices``): Parquet when ``out`` ends in ``.parquet``, CSV when in ``.csv``,
+    written to a temporary name and renamed into place. Rows are taken in order of their ids,
+    so the picks do not depend on the store's row order.
 
     Examples
     --------
     >>> report = select(store="digits.zarr", feature="timm-vit_tiny_patch16_224/block11/cls",
     ...                 budget=20, strategy="typiclust", out="ids.csv")  # doctest: +SKIP
     """
-    import pandas as pd
-
     from fmprobe.store import open_store, read_table
 
     t0 = time.perf_counter()
     name = parse_strategy(strategy)
+    path = None if out is None else _check_out(out)
     fs = open_store(store)
     arr = fs.feature(feature)
     if len(arr.shape) != 2:
@@ -291,26 +368,35 @@ def select(
             )
         mask[pos] = True
     sel = select_indices(
-        x, budget=budget, strategy=name, seed=seed, exclude=mask, k=k, delta=delta, device=device
+        x,
+        budget=budget,
+        strategy=name,
+        seed=seed,
+        exclude=mask,
+        k=k,
+        delta=delta,
+        n_init=n_init,
+        device=device,
     )
     picked = ids[sel.indices]
-    if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(
+    if path is not None:
+        table = pd.DataFrame(
             {"id": picked, "rank": np.arange(1, len(picked) + 1), "score": sel.scores}
-        ).to_csv(path, index=False)
+        )
+        _write_table(table, path)
     return SelectReport(
         store=str(store),
         feature=feature,
         strategy=name,
         budget=int(budget),
         seed=int(seed),
+        n_init=int(n_init),
         rows=len(ids),
         excluded=int(mask.sum()),
         unreadable=int((~np.isfinite(x).all(1)).sum()),
-        out=None if out is None else str(out),
+        out=None if path is None else str(path),
         seconds=time.perf_counter() - t0,
         ids=tuple(str(i) for i in picked),
+        scores=tuple(float(v) for v in sel.scores),
         info=sel.info,
     )

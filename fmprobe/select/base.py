@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fmprobe.select.compute import Backend
+from fmprobe.select.kmeans import KMEANS_N_INIT
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,8 @@ class Problem:
     """One selection, rows already in canonical order (see ``select_indices``).
 
     ``x`` (N, D) float32 holds only finite rows; ``labelled`` (N,) marks rows already
-    labelled, which are never picked but take part in clustering, coverage and distances."""
+    labelled, which are never picked but take part in clustering, coverage and distances;
+    ``n_init`` is the number of k-means seedings of the strategies that cluster."""
 
     x: np.ndarray
     labelled: np.ndarray
@@ -24,6 +26,7 @@ class Problem:
     backend: Backend
     k: int | None = None
     delta: float | None = None
+    n_init: int = KMEANS_N_INIT
 
     @property
     def n(self) -> int:

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from fmprobe.select.base import Picks, Problem, cluster_order, l2_normalise, round_robin
-from fmprobe.select.compute import farthest_first, kmeans, knn, sq_dist_to
+from fmprobe.select.compute import farthest_first, knn, sq_dist_to
+from fmprobe.select.kmeans import kmeans
 
 TYPICLUST_MAX_CLUSTERS = 500
 TYPICLUST_MIN_CLUSTER_SIZE = 5  # clusters of this size or smaller are dropped
@@ -21,7 +22,7 @@ def select_kmeans(p: Problem) -> Picks:
     """k-means with B (+ labelled) clusters; in each cluster the row nearest its centroid.
     Clusters are visited largest first (those holding labelled rows last); score = cluster size."""
     n_lab = int(p.labelled.sum())
-    km = kmeans(p.x, p.budget + n_lab, seed=p.seed, be=p.backend)
+    km = kmeans(p.x, p.budget + n_lab, seed=p.seed, be=p.backend, n_init=p.n_init)
     sizes = np.bincount(km.labels)
     order = cluster_order(km.labels, p.labelled, np.arange(len(sizes)))
 
@@ -41,7 +42,7 @@ def select_typiclust(p: Problem) -> Picks:
     x = l2_normalise(p.x)
     n_lab = int(p.labelled.sum())
     k = min(n_lab + p.budget, TYPICLUST_MAX_CLUSTERS)
-    km = kmeans(x, k, seed=p.seed, be=p.backend)
+    km = kmeans(x, k, seed=p.seed, be=p.backend, n_init=p.n_init)
     sizes = np.bincount(km.labels)
     all_clusters = np.arange(len(sizes))
     big = all_clusters[sizes > TYPICLUST_MIN_CLUSTER_SIZE]
@@ -89,7 +90,7 @@ def select_fps(p: Problem) -> Picks:
     scores: list[float] = []
     k = p.budget // 2
     if k > 0:
-        km = kmeans(p.x[pool], k, seed=p.seed, be=p.backend)
+        km = kmeans(p.x[pool], k, seed=p.seed, be=p.backend, n_init=p.n_init)
         sizes = np.bincount(km.labels)
         for c in cluster_order(km.labels, np.zeros(len(pool), bool), np.arange(len(sizes))):
             members = pool[km.labels == c]
@@ -118,7 +119,7 @@ def select_bal(p: Problem) -> Picks:
     the second-nearest centroid minus distance to the nearest; the B unlabelled rows of smallest
     CDD (rows between clusters, BAL's diverse data) are picked, smallest first. Score = CDD."""
     k = min(BAL_CLUSTERS, max(2, p.n // 10), p.n)
-    km = kmeans(p.x, k, seed=p.seed, be=p.backend)
+    km = kmeans(p.x, k, seed=p.seed, be=p.backend, n_init=p.n_init)
     d2, _ = knn(km.centroids, p.x, 2, p.backend)
     cdd = np.sqrt(d2[:, 1]) - np.sqrt(d2[:, 0])
     pool = np.flatnonzero(p.pool)
@@ -138,7 +139,7 @@ def select_usl(p: Problem) -> Picks:
     d2, _ = knn(x, x, USL_KNN, be, self_search=True)
     density = 1.0 / (np.sqrt(d2).mean(1) + 1e-8)
     n_lab = int(p.labelled.sum())
-    km = kmeans(x, p.budget + n_lab, seed=p.seed, be=be)
+    km = kmeans(x, p.budget + n_lab, seed=p.seed, be=be, n_init=p.n_init)
     labels = km.labels
     sizes = np.bincount(labels)
     n_lab_c = np.bincount(labels[p.labelled], minlength=len(sizes))
@@ -156,7 +157,7 @@ def select_usl(p: Problem) -> Picks:
             break
         anchors = np.concatenate([picks, lab_rows])
         new = np.zeros(p.n)
-        step = max(1, be.block_rows(len(anchors)))
+        step = be.block_rows(len(anchors), p.n)
         a_t = xt[torch.as_tensor(anchors, device=be.device)]
         a_lab = torch.as_tensor(labels[anchors], device=be.device)
         for s in range(0, p.n, step):

@@ -1,5 +1,6 @@
-"""Distance primitives of the selection strategies: exact kNN, radius graphs, k-means and
-farthest-first traversal, computed in blocks so that no N × N matrix is ever held.
+"""Distance primitives of the selection strategies: exact kNN, radius graphs and
+farthest-first traversal (k-means is in :mod:`fmprobe.select.kmeans`), computed in blocks so
+that no N × N matrix is ever held.
 
 Two backends compute the nearest-neighbour searches: ``faiss`` (exact ``IndexFlatL2``, on the
 GPU with faiss-gpu) and ``torch`` (blocked matrix products on any device). Everything around
@@ -21,6 +22,10 @@ from fmprobe.errors import UsageError
 # Rows per block of a blocked distance computation: BLOCK × N float32 distances at a time
 # (256 MB at N = 100,000 with the default), whatever N is.
 _BLOCK_BYTES = 256 * 2**20
+# Below this many (query, base) pairs a search runs through torch even on the faiss backend:
+# faiss's OpenMP start-up then costs more than the search (47 ms for 140 x 14 rows on a loaded
+# 2-core machine, against 0.1 ms), and k-means makes one such search per iteration.
+_FAISS_MIN_PAIRS = 1 << 20
 
 
 def _faiss() -> Any:
@@ -38,8 +43,16 @@ class Backend:
     name: str
     device: torch.device
 
-    def block_rows(self, n: int) -> int:
-        return int(max(1, min(n, _BLOCK_BYTES // (4 * max(n, 1)))))
+    def faiss_for(self, pairs: int) -> bool:
+        """Whether a search over ``pairs`` (query, base) pairs runs through faiss."""
+        return self.name == "faiss" and (pairs >= _FAISS_MIN_PAIRS or self.device.type != "cpu")
+
+    def block_rows(self, cols: int, rows: int | None = None) -> int:
+        """Rows per block of a (rows, cols) float32 distance matrix computed in blocks: as
+        many as fit in the block's bytes, at most ``rows`` (default ``cols``). Sized by the
+        columns, so a few columns (centroids, anchors) still give large blocks."""
+        limit = cols if rows is None else rows
+        return int(max(1, min(limit, _BLOCK_BYTES // (4 * max(cols, 1)))))
 
 
 def resolve_backend(device: str | None, backend: str | None = None) -> Backend:
@@ -81,9 +94,10 @@ def _sorted_rows(d2: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.take_along_axis(d2, order, -1), np.take_along_axis(idx, order, -1)
 
 
-def _exact_d2(base: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Squared distances of the found neighbours recomputed as ||q - b||^2: the expansion
-    |q|^2 + |b|^2 - 2 q.b that finds them loses the digits of small distances in float32."""
+def exact_d2(base: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(M, kk) float32 squared distances from each query to the rows ``idx`` (M, kk) of
+    ``base``, computed as ||q - b||^2: the expansion |q|^2 + |b|^2 - 2 q.b that finds
+    neighbours loses the digits of small distances in float32."""
     m, kk = idx.shape
     out = np.empty((m, kk), dtype=np.float32)
     step = max(1, _BLOCK_BYTES // (4 * max(kk * base.shape[1], 1)))
@@ -93,29 +107,81 @@ def _exact_d2(base: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndar
     return out
 
 
+def nearest_candidates(
+    base: np.ndarray, queries: np.ndarray, kk: int, be: Backend, *, centre: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` rows of ``base`` nearest each query by the expanded float32 distance, in no
+    particular order: (approximate squared distances, indices), both (M, kk).
+
+    Both sides are first centred on the mean of ``base`` (``centre=False``: the caller did;
+    distances do not change): the expansion's float32 error scales with the squared norms,
+    which centring shrinks from the data's offset to its spread (tight clusters of unit
+    vectors: from 1 to ~1e-4). Large
+    searches run through faiss on the faiss backend; the rest as blocked products, in numpy
+    on a CPU (its elementwise passes wait on no thread pool: 10x faster than torch's for small
+    blocks on a loaded machine, measured) and in torch on CUDA."""
+    if centre:
+        mu = base.mean(axis=0, dtype=np.float64).astype(np.float32)
+        base = np.ascontiguousarray(base - mu, dtype=np.float32)
+        queries = np.ascontiguousarray(queries - mu, dtype=np.float32)
+    if be.faiss_for(len(base) * len(queries)):
+        d2, idx = _faiss_index(base, be).search(np.ascontiguousarray(queries, np.float32), kk)
+        return np.maximum(d2, 0), idx.astype(np.int64)
+    d_parts, i_parts = [], []
+    step = be.block_rows(len(base), len(queries))
+    if be.device.type == "cpu":
+        b = np.ascontiguousarray(base, dtype=np.float32)
+        bn = np.einsum("ij,ij->i", b, b)
+        for s in range(0, len(queries), step):
+            q = np.ascontiguousarray(queries[s : s + step], dtype=np.float32)
+            dist = q @ b.T
+            dist *= -2.0
+            dist += bn[None, :]
+            dist += np.einsum("ij,ij->i", q, q)[:, None]
+            i, d = _smallest(dist, kk)
+            d_parts.append(np.maximum(d, 0))
+            i_parts.append(i)
+        return np.concatenate(d_parts), np.concatenate(i_parts).astype(np.int64)
+    bt = torch.as_tensor(base, device=be.device)
+    btn = (bt * bt).sum(1)
+    for s in range(0, len(queries), step):
+        qt = torch.as_tensor(queries[s : s + step], device=be.device)
+        dist_t = torch.addmm(btn[None, :] + (qt * qt).sum(1)[:, None], qt, bt.T, alpha=-2)
+        v, i_t = torch.topk(dist_t.clamp_(min=0), kk, dim=1, largest=False)
+        d_parts.append(v.cpu().numpy())
+        i_parts.append(i_t.cpu().numpy())
+    return np.concatenate(d_parts), np.concatenate(i_parts).astype(np.int64)
+
+
+def _smallest(dist: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the ``kk`` smallest entries of each row, in no order;
+    one or two by repeated argmin (10x faster than ``argpartition`` for k-means' two)."""
+    rows = np.arange(len(dist))[:, None]
+    if kk >= dist.shape[1]:
+        i = np.broadcast_to(np.arange(dist.shape[1]), dist.shape)
+    elif kk <= 2:
+        first = np.argmin(dist, axis=1)[:, None]
+        if kk == 1:
+            i = first
+        else:
+            keep = dist[rows, first]
+            dist[rows, first] = np.inf
+            i = np.concatenate([first, np.argmin(dist, axis=1)[:, None]], axis=1)
+            dist[rows, first] = keep
+    else:
+        i = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+    return i, dist[rows, i]
+
+
 def knn(
     base: np.ndarray, queries: np.ndarray, k: int, be: Backend, *, self_search: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest rows of ``base`` for each query: (squared distances, indices),
-    both (M, k), nearest first. ``self_search`` (queries are ``base``) leaves each row's own
-    index out of its neighbours."""
+    both (M, k), nearest first (ties by index). ``self_search`` (queries are ``base``) leaves
+    each row's own index out of its neighbours."""
     kk = min(k + int(self_search), len(base))
-    if be.name == "faiss":
-        d2, idx = _faiss_index(base, be).search(np.ascontiguousarray(queries, np.float32), kk)
-        d2, idx = np.maximum(d2, 0), idx.astype(np.int64)
-    else:
-        b = torch.as_tensor(base, device=be.device)
-        bn = (b * b).sum(1)
-        d_parts, i_parts = [], []
-        step = be.block_rows(len(base))
-        for s in range(0, len(queries), step):
-            q = torch.as_tensor(queries[s : s + step], device=be.device)
-            dist = ((q * q).sum(1)[:, None] + bn[None, :] - 2 * (q @ b.T)).clamp_(min=0)
-            v, i = torch.topk(dist, kk, dim=1, largest=False)
-            d_parts.append(v.cpu().numpy())
-            i_parts.append(i.cpu().numpy())
-        d2, idx = np.concatenate(d_parts), np.concatenate(i_parts).astype(np.int64)
-    d2 = _exact_d2(base, queries, idx)
+    _, idx = nearest_candidates(base, queries, kk, be)
+    d2 = exact_d2(base, queries, idx)
     d2, idx = _sorted_rows(d2, idx)
     if not self_search:
         return d2, idx
@@ -134,7 +200,7 @@ def radius_graph(
     r2 = float(delta) ** 2
     rows, cols, total = [], [], 0
     step = be.block_rows(n)
-    index = _faiss_index(x, be) if be.name == "faiss" else None
+    index = _faiss_index(x, be) if be.faiss_for(n * n) else None
     xt = torch.as_tensor(x, device=be.device) if index is None else None
     xsq = (xt * xt).sum(1) if xt is not None else None
     for s in range(0, n, step):
@@ -168,7 +234,7 @@ def nearest_other_label(
 ) -> np.ndarray:
     """Distance from each row ``queries[i]`` to the nearest row of another label (inf if none)."""
     out = np.full(len(queries), np.inf)
-    if be.name == "faiss":
+    if be.faiss_for(len(x) * len(queries)):
         for lab in np.unique(labels[queries]):
             others = np.flatnonzero(labels != lab)
             mine = queries[labels[queries] == lab]
@@ -179,7 +245,7 @@ def nearest_other_label(
     xt = torch.as_tensor(x, device=be.device)
     xn = (xt * xt).sum(1)
     lab_t = torch.as_tensor(labels, device=be.device)
-    step = be.block_rows(len(x))
+    step = be.block_rows(len(x), len(queries))
     for s in range(0, len(queries), step):
         qi = torch.as_tensor(queries[s : s + step], device=be.device)
         dist = (xn[qi][:, None] + xn[None, :] - 2 * (xt[qi] @ xt.T)).clamp_(min=0)
@@ -190,7 +256,8 @@ def nearest_other_label(
 
 def sq_dist_to(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Squared distances (N, M) from the rows of ``x`` (norms ``xn``) to ``c`` (M, D)."""
-    return (xn[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T)).clamp_(min=0)
+    # one fused pass (|x|^2 + |c|^2) - 2 x.c: the (N, M) temporaries cost more than the product
+    return torch.addmm(xn[:, None] + (c * c).sum(1)[None, :], x, c.T, alpha=-2).clamp_(min=0)
 
 
 def farthest_first(
@@ -229,75 +296,3 @@ def farthest_first(
         picks.append(best)
         scores.append(float(np.sqrt(max(float(avail[best]), 0.0))))
     return np.asarray(picks, dtype=np.int64), np.asarray(scores)
-
-
-@dataclass(frozen=True)
-class KMeansResult:
-    labels: np.ndarray  # (N,) int64 in 0..k-1, every cluster non-empty
-    centroids: np.ndarray  # (k, D) float32
-    d2: np.ndarray  # (N,) squared distance of each row to its centroid
-    iterations: int
-
-    @property
-    def inertia(self) -> float:
-        return float(self.d2.sum())
-
-
-def kmeans(
-    x: np.ndarray, k: int, *, seed: int, be: Backend, max_iter: int = 30, init: str = "k-means++"
-) -> KMeansResult:
-    """Lloyd's k-means with k-means++ seeding (one candidate per step); the assignment step is
-    an exact 1-NN search through the backend. Empty clusters take the row farthest from its
-    centroid, so every cluster ends non-empty."""
-    n = len(x)
-    k = int(min(k, n))
-    rng = np.random.default_rng(seed)
-    xt = torch.as_tensor(x, device=be.device)
-    xn = (xt * xt).sum(1)
-    if init == "random":
-        centers = np.sort(rng.choice(n, k, replace=False))
-    else:
-        centers_l = [int(rng.integers(n))]
-        mind = sq_dist_to(xt, xn, xt[centers_l[0]][None, :])[:, 0].double().cpu().numpy()
-        for _ in range(1, k):
-            total = mind.sum()
-            if total <= 0:
-                rest = np.setdiff1d(np.arange(n), centers_l)
-                centers_l.extend(rest[: k - len(centers_l)].tolist())
-                break
-            nxt = int(np.searchsorted(np.cumsum(mind), rng.random() * total, side="right"))
-            nxt = min(nxt, n - 1)
-            centers_l.append(nxt)
-            d_new = sq_dist_to(xt, xn, xt[nxt][None, :])[:, 0].double().cpu().numpy()
-            np.minimum(mind, d_new, out=mind)
-        centers = np.asarray(centers_l)
-    centroids = np.ascontiguousarray(x[centers], dtype=np.float32)
-    labels = np.full(n, -1, dtype=np.int64)
-    it = 0
-    d2 = np.zeros(n, dtype=np.float32)
-    for it in range(1, max_iter + 1):  # noqa: B007
-        # Two candidates re-ranked on exact distances: backends then agree on near-ties.
-        d2_k, idx = knn(centroids, x, min(2, k), be)
-        new, d2 = idx[:, 0], d2_k[:, 0]
-        counts = np.bincount(new, minlength=k)
-        for empty in np.flatnonzero(counts == 0):
-            movable = counts[new] > 1
-            far = int(np.argmax(np.where(movable, d2, -1.0)))
-            counts[new[far]] -= 1
-            new[far], d2[far] = empty, 0.0
-            counts[empty] = 1
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        onehot = sparse.csr_matrix(
-            (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
-        )
-        sums: np.ndarray = np.asarray(onehot @ x, dtype=np.float32)
-        centroids = (sums / counts[:, None]).astype(np.float32)
-    d2 = np.empty(n, dtype=np.float32)
-    step = 16384
-    ct = torch.as_tensor(centroids, device=be.device)
-    for s in range(0, n, step):
-        diff = xt[s : s + step] - ct[torch.as_tensor(labels[s : s + step], device=be.device)]
-        d2[s : s + step] = (diff * diff).sum(1).cpu().numpy()
-    return KMeansResult(labels=labels, centroids=centroids, d2=d2, iterations=it)

@@ -8,13 +8,8 @@ from scipy import sparse
 
 from fmprobe.errors import UsageError
 from fmprobe.select.base import Picks, Problem, l2_normalise
-from fmprobe.select.compute import (
-    farthest_first,
-    kmeans,
-    knn,
-    nearest_other_label,
-    radius_graph,
-)
+from fmprobe.select.compute import farthest_first, knn, nearest_other_label, radius_graph
+from fmprobe.select.kmeans import kmeans
 
 PROBCOVER_DEFAULT_K = 10
 PROBCOVER_PURITY = 0.95
@@ -56,7 +51,7 @@ def select_probcover(p: Problem) -> Picks:
         k = PROBCOVER_DEFAULT_K if p.k is None else int(p.k)
         if k < 2 or k > p.n:
             raise UsageError(f"--k {k}: ProbCover needs 2 <= k <= {p.n} clusters")
-        km = kmeans(x, k, seed=p.seed, be=p.backend)
+        km = kmeans(x, k, seed=p.seed, be=p.backend, n_init=p.n_init)
         queries = np.arange(p.n)
         if p.n > PROBCOVER_DELTA_QUERIES:
             rng = np.random.default_rng(p.seed)

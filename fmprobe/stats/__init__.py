@@ -17,6 +17,7 @@ from fmprobe.stats.bootstrap import (
     delong,
     metric_replicates,
     paired_bootstrap,
+    pool_deltas,
     rng_for,
     stratified_indices,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_predictions",
     "metric_replicates",
     "paired_bootstrap",
+    "pool_deltas",
     "rng_for",
     "stratified_indices",
     "subgroup_metrics",

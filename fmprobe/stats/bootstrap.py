@@ -4,8 +4,12 @@ A.8), and DeLong's test for two correlated AUROCs.
 Per task the test set is resampled with replacement *within each class* (stratified, so every
 replicate keeps the class balance); in every replicate the metric is computed for each seed of
 both arms on the same resampled rows (paired), averaged over the seeds of each arm, and the
-difference kept. The percentile interval of the differences is the task's CI; the differences
-of every task pooled into one distribution give the overall row (task ``"all"``).
+difference kept. The percentile interval of the differences is the task's CI. The overall row
+(task ``"all"``) is the mean over tasks: in every replicate the tasks' differences are
+averaged (each task drew its own resample), and the interval and p-value are those of that
+per-replicate mean, so they narrow as tasks are added. ``pool="mixture"`` instead concatenates
+the tasks' differences into one distribution: an interval for a task drawn at random from the
+mixture, which does not narrow with more tasks.
 
 The draws are defined so that a slow loop reproduces them exactly: for a test set of T rows a
 task's generator gives ``rng.random((R, T))``, replicate r's uniform ``u[r, j]`` picks for
@@ -34,6 +38,7 @@ from fmprobe.stats.predictions import Predictions, load_predictions
 
 METRICS = ("auroc", "auprc")
 ARM_COLUMNS = ("feature", "sampler", "probe")
+POOLS = ("mean", "mixture")
 _CHUNK_ELEMENTS = 1 << 22  # (row, replicate, test row) weights per pass: 32 MB of float64
 
 
@@ -90,6 +95,7 @@ def metric_replicates(
     Returns
     -------
     ndarray (S, R) float64
+        NaN for a seed with a NaN score (any class), as :mod:`fmprobe.probes.metrics`.
 
     Examples
     --------
@@ -114,7 +120,9 @@ def metric_replicates(
         return values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no class defined
-        return np.nanmean(values.reshape(S, K, -1), axis=1)
+        out = np.nanmean(values.reshape(S, K, -1), axis=1)
+    out[np.isnan(scores).any(axis=(1, 2))] = np.nan  # as fmprobe.probes.metrics: not per class
+    return out
 
 
 def _weighted_ranking(
@@ -393,7 +401,9 @@ class Comparison:
         ``metric``, ``difference``, ``lower``, ``upper``, ``p_value``, ``observed``,
         ``a_mean``, ``b_mean``, ``a_seeds``, ``b_seeds``, ``n_test``, ``n``, DeLong's
         ``delong_p``, ``delong_lower``, ``delong_upper`` (AUROC with one seed per arm on a
-        binary task; NaN otherwise) and, with ``group_by``, ``group_by`` and ``group``.
+        binary task; NaN otherwise), ``pool`` (on the ``"all"`` rows: ``"mean"``, the mean
+        over tasks per replicate, or ``"mixture"``; empty on task rows), ``tasks`` (how many
+        tasks a row pools; 1 on task rows) and, with ``group_by``, ``group_by`` and ``group``.
     compare : str
         The column whose values are the arms.
     a, b : str
@@ -404,6 +414,8 @@ class Comparison:
     fixed : dict
         The other key columns' values the arms share.
     seconds : float
+    pool : str
+        How the ``"all"`` rows pool the tasks: ``"mean"`` or ``"mixture"``.
     """
 
     table: pd.DataFrame
@@ -416,6 +428,7 @@ class Comparison:
     level: float
     fixed: dict[str, str]
     seconds: float
+    pool: str = "mean"
 
     def records(self) -> list[dict[str, Any]]:
         """The table as a list of JSON-able dicts (NaN as None)."""
@@ -584,6 +597,7 @@ def compare(
     group_by: str | Sequence[str] | None = None,
     store: str | Path | None = None,
     labels: str | Path | None = None,
+    pool: str = "mean",
 ) -> Comparison:
     """Compare two features (or samplers, or probes) of a sweep by the hierarchical paired
     bootstrap, per task and pooled over tasks.
@@ -612,6 +626,12 @@ def compare(
         Store metadata columns: the comparison is repeated within each value of each column.
     store : path, optional
         The feature store the sweep read (needed for ``group_by``).
+    labels : path, optional
+        The sweep's ``--labels`` table, whose columns ``group_by`` may name.
+    pool : {"mean", "mixture"}
+        The ``"all"`` rows: ``"mean"``, the mean over tasks of each replicate's difference
+        (an interval for the mean difference over these tasks); ``"mixture"``, every task's
+        differences concatenated (an interval for one task drawn from the mixture).
 
     Returns
     -------
@@ -627,6 +647,10 @@ def compare(
     _check_replicates(replicates, level)
     if metric not in METRICS:
         raise UsageError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
+    if pool not in POOLS:
+        raise UsageError(
+            f"--pool {pool!r}: use one of {', '.join(POOLS)}{did_you_mean(pool, POOLS)}"
+        )
     pred = load_predictions(results)
     rows_a, rows_b, n_, fixed = select_arms(
         pred,
@@ -665,29 +689,10 @@ def compare(
                 {"task": task, **({"group_by": col, "group": value} if col else {}), **rec, "n": n_}
             )
     for (col, value), parts in pooled.items():
-        deltas = np.concatenate(parts)
-        diff, lo, hi, p = summarise(deltas, level)
         same = [r for r in records if r.get("group_by", "") == col and r.get("group", "") == value]
+        group = {"group_by": col, "group": value} if col else {}
         records.append(
-            {
-                "task": "all",
-                **({"group_by": col, "group": value} if col else {}),
-                "metric": metric,
-                "difference": diff,
-                "lower": lo,
-                "upper": hi,
-                "p_value": p,
-                "observed": float(np.nanmean([r["observed"] for r in same])),
-                "a_mean": float(np.nanmean([r["a_mean"] for r in same])),
-                "b_mean": float(np.nanmean([r["b_mean"] for r in same])),
-                "a_seeds": min(r["a_seeds"] for r in same),
-                "b_seeds": min(r["b_seeds"] for r in same),
-                "n_test": sum(r["n_test"] for r in same),
-                "delong_p": math.nan,
-                "delong_lower": math.nan,
-                "delong_upper": math.nan,
-                "n": n_,
-            }
+            {"task": "all", **group, **_pooled(same, parts, metric, level, pool), "n": n_}
         )
     table = pd.DataFrame(records)
     return Comparison(
@@ -701,7 +706,62 @@ def compare(
         level=level,
         fixed=fixed,
         seconds=time.perf_counter() - t0,
+        pool=pool,
     )
+
+
+def pool_deltas(parts: Sequence[np.ndarray], pool: str = "mean") -> np.ndarray:
+    """The pooled replicate differences of several tasks, each (R,): ``"mean"`` averages the
+    tasks within each replicate (tasks whose differences are all NaN, e.g. a test set of one
+    class, left out), (R,); ``"mixture"`` concatenates them, (tasks · R,).
+
+    Examples
+    --------
+    >>> pool_deltas([np.array([0.1, 0.3]), np.array([0.3, 0.1])]).tolist()
+    [0.2, 0.2]
+    >>> pool_deltas([np.array([0.1, 0.3]), np.array([0.3, 0.1])], "mixture").tolist()
+    [0.1, 0.3, 0.3, 0.1]
+    """
+    if pool == "mixture":
+        return np.concatenate(parts)
+    defined = [d for d in parts if np.isfinite(d).any()]
+    if not defined:
+        return np.full(len(parts[0]) if len(parts) else 0, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate NaN in every task
+        return np.nanmean(np.stack(defined), axis=0)
+
+
+def _pooled(
+    same: list[dict[str, Any]], parts: list[np.ndarray], metric: str, level: float, pool: str
+) -> dict[str, Any]:
+    """The ``"all"`` row of the task rows ``same`` and their replicate differences ``parts``."""
+    diff, lo, hi, p = summarise(pool_deltas(parts, pool), level)
+    defined = [r for r, d in zip(same, parts, strict=True) if np.isfinite(d).any()]
+    return {
+        "metric": metric,
+        "difference": diff,
+        "lower": lo,
+        "upper": hi,
+        "p_value": p,
+        "observed": _nanmean([r["observed"] for r in defined]),
+        "a_mean": _nanmean([r["a_mean"] for r in defined]),
+        "b_mean": _nanmean([r["b_mean"] for r in defined]),
+        "a_seeds": min(r["a_seeds"] for r in same),
+        "b_seeds": min(r["b_seeds"] for r in same),
+        "n_test": sum(r["n_test"] for r in same),
+        "delong_p": math.nan,
+        "delong_lower": math.nan,
+        "delong_upper": math.nan,
+        "pool": pool,
+        "tasks": len(defined),
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else math.nan
 
 
 def _compare_one(
@@ -734,5 +794,7 @@ def _compare_one(
         "b_seeds": len(sb),
         "n_test": len(y),
         **dl,
+        "pool": "",
+        "tasks": 1,
         "_deltas": r.deltas,
     }

@@ -45,7 +45,7 @@ class Predictions:
                     f"{path} is missing (predictions refer to it); rerun the sweep with "
                     "--save-predictions to write it again"
                 )
-            self._tests[name] = pd.read_parquet(path)
+            self._tests[name] = read_parquet(path, "rerun the sweep with --save-predictions")
         return self._tests[name]
 
     def scores(self, rows: pd.DataFrame) -> np.ndarray:
@@ -54,6 +54,15 @@ class Predictions:
         k = int(rows["n_classes"].iloc[0])
         s = np.stack([np.asarray(v, dtype=np.float32) for v in rows["scores"]])
         return s if k == 2 else s.reshape(len(rows), -1, k)
+
+
+def read_parquet(path: Path, fix: str) -> pd.DataFrame:
+    """``pd.read_parquet``, a damaged or non-Parquet file a one-line ``UsageError``."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{str(path)!r} is not a readable Parquet file ({first}); {fix}") from None
 
 
 def predictions_folder(results: str | Path) -> Path:
@@ -83,6 +92,16 @@ def load_predictions(results: str | Path) -> Predictions:
         raise UsageError(
             f"results table {str(path)!r} does not exist; pass the file `fmprobe sweep --out` wrote"
         )
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as exc:  # not Parquet, truncated, a directory, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(
+            f"results table {str(path)!r} is not a readable Parquet file ({first}); pass the "
+            "file `fmprobe sweep --out` wrote"
+        ) from None
     folder = predictions_folder(path)
     parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("test-"))
     if not parts:
@@ -90,6 +109,7 @@ def load_predictions(results: str | Path) -> Predictions:
             f"no saved predictions next to {str(path)!r} (expected {folder.name}/); rerun the same "
             "`fmprobe sweep` command with --save-predictions (it adds the test-set scores)"
         )
-    table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    fix = "rerun the same `fmprobe sweep` command with --save-predictions --overwrite"
+    table = pd.concat([read_parquet(p, fix) for p in parts], ignore_index=True)
     table = table.sort_values(list(KEYS), kind="stable").reset_index(drop=True)
     return Predictions(results=path, folder=folder, table=table)
