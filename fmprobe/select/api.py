@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -294,23 +293,6 @@ def _check_out(out: str | Path) -> Path:
     return path
 
 
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    """Write ``table`` as CSV or Parquet (by the suffix) under a temporary name in the same
-    folder, then rename it into place: the file is whole or absent, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix.lower() == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise FmprobeError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def select(
     *,
     store: str | Path,
@@ -340,6 +322,7 @@ def select(
     ...                 budget=20, strategy="typiclust", out="ids.csv")  # doctest: +SKIP
     """
     from fmprobe.store import open_store, read_table
+    from fmprobe.tables import write_table
 
     t0 = time.perf_counter()
     name = parse_strategy(strategy)
@@ -353,7 +336,7 @@ def select(
         )
     ids = fs.ids
     order = np.argsort(ids, kind="stable")
-    x = np.asarray(arr[...])[order]
+    x = fs.read_feature(feature)[order]  # a missing or damaged chunk is refused
     ids = ids[order]
     mask = np.zeros(len(ids), dtype=bool)
     if exclude is not None:
@@ -383,7 +366,7 @@ def select(
         table = pd.DataFrame(
             {"id": picked, "rank": np.arange(1, len(picked) + 1), "score": sel.scores}
         )
-        _write_table(table, path)
+        write_table(table, path, what="--out")
     return SelectReport(
         store=str(store),
         feature=feature,

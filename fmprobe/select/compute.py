@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from fmprobe.devices import resolve_device
 from fmprobe.errors import UsageError
 
 # Rows per block of a blocked distance computation: BLOCK × N float32 distances at a time
@@ -57,15 +58,7 @@ class Backend:
 
 def resolve_backend(device: str | None, backend: str | None = None) -> Backend:
     """faiss when importable (faiss-gpu on a CUDA device), else torch; ``backend`` forces one."""
-    if device is None:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError):
-            raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {device!r}: no CUDA device here; use --device cpu")
+    dev = resolve_device(device)
     faiss = _faiss()
     faiss_ok = faiss is not None and (
         dev.type == "cpu" or (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)

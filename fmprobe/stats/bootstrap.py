@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from fmprobe.errors import UsageError, did_you_mean
+from fmprobe.options import split_list
 from fmprobe.stats.predictions import Predictions, load_predictions
 
 METRICS = ("auroc", "auprc")
@@ -261,7 +262,7 @@ def paired_bootstrap(
     >>> r.lower > 0
     True
     """
-    _check_replicates(replicates, level)
+    check_replicates(replicates, level)
     y = np.asarray(y)
     if scores_a.shape[1:] != scores_b.shape[1:] or scores_a.shape[1] != len(y):
         raise ValueError(
@@ -287,7 +288,8 @@ def paired_bootstrap(
     )
 
 
-def _check_replicates(replicates: int, level: float) -> None:
+def check_replicates(replicates: int, level: float) -> None:
+    """``--replicates`` and ``--level`` of a bootstrap."""
     if replicates < 10:
         raise UsageError(f"--replicates {replicates}: use at least 10 (the study uses 500)")
     if not 0 < level < 1:
@@ -439,7 +441,12 @@ class Comparison:
         ]
 
 
-def _listing(values: Sequence[Any], limit: int = 12) -> str:
+def listing(values: Sequence[Any], limit: int = 12) -> str:
+    """At most ``limit`` values, comma-separated, with the count when there are more.
+
+    >>> listing(range(20), limit=3)
+    '0, 1, 2, … (20 in all)'
+    """
     vals = [str(v) for v in values]
     return ", ".join(vals[:limit]) + (f", … ({len(vals)} in all)" if len(vals) > limit else "")
 
@@ -462,7 +469,7 @@ def select_arms(
         if v not in values:
             raise UsageError(
                 f"{flag} {v!r} is not a {compare} of {pred.results}{did_you_mean(v, values)}; "
-                f"its {compare}s: {_listing(values)}"
+                f"its {compare}s: {listing(values)}"
             )
     if a == b:
         raise UsageError(f"--a and --b are both {a!r}; compare two different {compare}s")
@@ -479,13 +486,13 @@ def select_arms(
             if want not in present:
                 raise UsageError(
                     f"--{col} {want!r} is not among the {col}s of both arms"
-                    f"{did_you_mean(want, present)}; they hold: {_listing(present)}"
+                    f"{did_you_mean(want, present)}; they hold: {listing(present)}"
                 )
             rows = rows[rows[col] == want]
             chosen[col] = want
         elif len(present) > 1:
             raise UsageError(
-                f"the arms hold several {col}s ({_listing(present)}); pick one with --{col}"
+                f"the arms hold several {col}s ({listing(present)}); pick one with --{col}"
             )
         else:
             chosen[col] = present[0]
@@ -497,23 +504,15 @@ def select_arms(
     if n is None:
         if len(common) > 1:
             raise UsageError(
-                f"the results hold several label counts ({_listing(common)}); pick one with --n"
+                f"the results hold several label counts ({listing(common)}); pick one with --n"
             )
         n = common[0]
     elif int(n) not in common:
         raise UsageError(
-            f"--n {n} is not in the results of both arms; available: {_listing(common)}"
+            f"--n {n} is not in the results of both arms; available: {listing(common)}"
         )
     rows = rows[rows["n"].astype(int) == int(n)]
     return rows[rows[compare] == a], rows[rows[compare] == b], int(n), chosen
-
-
-def _parse_columns(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
 
 
 def store_samples(
@@ -543,7 +542,7 @@ def store_samples(
         if col not in cols:
             raise UsageError(
                 f"--group-by {col!r} is not a column of {fs.path}{did_you_mean(col, cols)}; "
-                f"columns: {_listing(cols)}"
+                f"columns: {listing(cols)}"
             )
     samples.attrs["path"] = fs.path
     return samples[["id", *group_by]]
@@ -644,7 +643,7 @@ def compare(
     >>> c.table[["task", "difference", "lower", "upper"]]  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    _check_replicates(replicates, level)
+    check_replicates(replicates, level)
     if metric not in METRICS:
         raise UsageError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
     if pool not in POOLS:
@@ -660,7 +659,7 @@ def compare(
         n=n,
         fixed={"feature": feature, "probe": probe, "sampler": sampler},
     )
-    samples = store_samples(store, _parse_columns(group_by), labels)
+    samples = store_samples(store, split_list(group_by), labels)
     tasks = sorted(set(rows_a["task"]) & set(rows_b["task"]))
     if not tasks:
         raise UsageError(f"{a!r} and {b!r} share no task at n={n_}")

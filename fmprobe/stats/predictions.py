@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmprobe.errors import UsageError
+from fmprobe import storage
+from fmprobe.errors import UsageError, first_line
 
 KEYS = ("feature", "task", "probe", "sampler", "n", "seed")
+TESTS = "tests"  # the subfolder of the test tables: a glob of the folder reads one schema
 
 
 @dataclass(frozen=True)
@@ -20,18 +22,18 @@ class Predictions:
 
     Attributes
     ----------
-    results : Path
-        The results table the predictions belong to.
-    folder : Path
-        ``<results>.predictions``.
+    results : str
+        The results table the predictions belong to (a path or a URL).
+    folder : str
+        ``<results>.predictions``: the per-unit files, and the test tables in ``tests/``.
     table : DataFrame
         One row per fitted probe: ``feature, task, probe, sampler, n, seed, status, test,
         n_classes`` and ``scores`` (a float32 array: T values for binary tasks, T·K row-major
         for K classes).
     """
 
-    results: Path
-    folder: Path
+    results: str
+    folder: str
     table: pd.DataFrame
     _tests: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False, compare=False)
 
@@ -39,8 +41,10 @@ class Predictions:
         """The test table ``name``: ``id``, ``row`` (store row) and ``y`` (class code), in
         score order."""
         if name not in self._tests:
-            path = self.folder / f"{name}.parquet"
-            if not path.exists():
+            path = storage.join(self.folder, TESTS, f"{name}.parquet")
+            if not storage.exists(path):  # written by an older fmprobe, beside the units
+                path = storage.join(self.folder, f"{name}.parquet")
+            if not storage.exists(path):
                 raise UsageError(
                     f"{path} is missing (predictions refer to it); rerun the sweep with "
                     "--save-predictions to write it again"
@@ -56,18 +60,19 @@ class Predictions:
         return s if k == 2 else s.reshape(len(rows), -1, k)
 
 
-def read_parquet(path: Path, fix: str) -> pd.DataFrame:
-    """``pd.read_parquet``, a damaged or non-Parquet file a one-line ``UsageError``."""
+def read_parquet(path: str | Path, fix: str) -> pd.DataFrame:
+    """``pd.read_parquet`` of a path or a URL, a damaged or non-Parquet file a one-line
+    ``UsageError``."""
     try:
-        return pd.read_parquet(path)
+        return storage.read_parquet(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{str(path)!r} is not a readable Parquet file ({first}); {fix}") from None
+        raise UsageError(
+            f"{str(path)!r} is not a readable Parquet file ({first_line(exc)}); {fix}"
+        ) from None
 
 
-def predictions_folder(results: str | Path) -> Path:
-    path = Path(results)
-    return path.with_name(path.name + ".predictions")
+def predictions_folder(results: str | Path) -> str:
+    return storage.sibling(storage.local(results), ".predictions")
 
 
 def load_predictions(results: str | Path) -> Predictions:
@@ -75,7 +80,7 @@ def load_predictions(results: str | Path) -> Predictions:
 
     Parameters
     ----------
-    results : path
+    results : path or URL
         The results table ``fmprobe sweep --out`` wrote, run with ``--save-predictions``.
 
     Returns
@@ -87,26 +92,26 @@ def load_predictions(results: str | Path) -> Predictions:
     >>> p = load_predictions("out/demo/results.parquet")  # doctest: +SKIP
     >>> p.table.groupby(["feature", "task"]).size()  # doctest: +SKIP
     """
-    path = Path(results)
-    if not path.exists():
+    path = storage.local(results)
+    with storage.errors(path, what="results table"):
+        there = storage.exists(path)
+    if not there:
         raise UsageError(
-            f"results table {str(path)!r} does not exist; pass the file `fmprobe sweep --out` wrote"
+            f"results table {path!r} does not exist; pass the file `fmprobe sweep --out` wrote"
         )
-    import pyarrow.parquet as pq
-
     try:
-        pq.read_metadata(path)
+        storage.parquet_metadata(path)
     except Exception as exc:  # not Parquet, truncated, a directory, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(
-            f"results table {str(path)!r} is not a readable Parquet file ({first}); pass the "
+            f"results table {path!r} is not a readable Parquet file ({first_line(exc)}); pass the "
             "file `fmprobe sweep --out` wrote"
         ) from None
     folder = predictions_folder(path)
-    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("test-"))
+    parts = [storage.join(folder, n) for n in storage.listdir(folder)
+             if n.endswith(".parquet") and not n.startswith("test-")]  # fmt: skip
     if not parts:
         raise UsageError(
-            f"no saved predictions next to {str(path)!r} (expected {folder.name}/); rerun the same "
+            f"no saved predictions next to {path!r} (expected {folder}/); rerun the same "
             "`fmprobe sweep` command with --save-predictions (it adds the test-set scores)"
         )
     fix = "rerun the same `fmprobe sweep` command with --save-predictions --overwrite"

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 
 from fmprobe.errors import UsageError
+from fmprobe.options import split_list
 from fmprobe.stats.bootstrap import (
     METRICS,
-    _check_replicates,
-    _listing,
-    _parse_columns,
+    check_replicates,
     groups_of_test,
+    listing,
     metric_replicates,
     rng_for,
     store_samples,
@@ -101,10 +101,10 @@ def subgroup_metrics(
     >>> s.table[["feature", "task", "group", "score", "lower", "upper"]]  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    _check_replicates(replicates, level)
+    check_replicates(replicates, level)
     if metric not in METRICS:
         raise UsageError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
-    cols = _parse_columns(group_by)
+    cols = split_list(group_by)
     if not cols:
         raise UsageError("--group-by is empty; name store columns, e.g. --group-by sex,scanner")
     pred = load_predictions(results)
@@ -116,11 +116,11 @@ def subgroup_metrics(
         missing = sorted(wanted - set(present))
         if missing:
             raise UsageError(
-                f"--n {missing[0]} is not in the results; available: {_listing(present)}"
+                f"--n {missing[0]} is not in the results; available: {listing(present)}"
             )
         t = t[t["n"].astype(int).isin(wanted)]
     if features is not None:
-        keep = _parse_columns(features)
+        keep = split_list(features)
         unknown = sorted(set(keep) - set(t["feature"]))
         if unknown:
             from fmprobe.errors import did_you_mean

@@ -167,13 +167,14 @@ def write_predictions(
     ``<folder>/<name>.parquet`` (``<out>.predictions/<unit part>.parquet``) holds the key
     columns (feature, task, probe, sampler, n, seed, status), ``test`` (the name of the test
     table) and ``scores``: float32, T values for binary tasks (the class-1 score), T·K
-    row-major for K classes. ``test-<digest>.parquet`` lists that test set in score order:
-    ``id``, ``row`` (store row) and ``y`` (class code).
+    row-major for K classes. ``tests/test-<digest>.parquet`` lists that test set in score
+    order: ``id``, ``row`` (store row) and ``y`` (class code) — in a subfolder, so that a glob
+    of ``<folder>/*.parquet`` (duckdb, pyarrow) reads one table of one schema.
     """
     digest = hashlib.sha256(task.name.encode() + b"|")
     digest.update(np.ascontiguousarray(test_rows, dtype=np.int64).tobytes())
     test_name = "test-" + digest.hexdigest()[:16]
-    test_path = storage.join(folder, f"{test_name}.parquet")
+    test_path = storage.join(folder, "tests", f"{test_name}.parquet")
     if not storage.exists(test_path):
         table = pd.DataFrame({"id": np.asarray(ids[test_rows]).astype(str),
                               "row": test_rows.astype(np.int64),
