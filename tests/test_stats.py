@@ -189,7 +189,7 @@ def test_compare_equals_the_slow_loop_and_the_results_table(swept: tuple[Path, P
     pooled = []
     for task in ("finding", "tissue"):
         p = preds[(preds.task == task) & (preds.n == 100)].sort_values("seed")
-        test = pd.read_parquet(folder / f"{p.test.iloc[0]}.parquet")
+        test = pd.read_parquet(folder / "tests" / f"{p.test.iloc[0]}.parquet")
         y = test["y"].to_numpy()
         K = int(p.n_classes.iloc[0])
 
@@ -254,7 +254,7 @@ def test_subgroup_metrics_equal_sklearn_per_subgroup(swept: tuple[Path, Path]) -
     checked = 0
     for row in t[t.task != "all"].itertuples():
         p = preds[(preds.feature == row.feature) & (preds.task == row.task) & (preds.n == 20)]
-        test = pd.read_parquet(folder / f"{p.test.iloc[0]}.parquet")
+        test = pd.read_parquet(folder / "tests" / f"{p.test.iloc[0]}.parquet")
         sub = (meta.loc[test["id"], row.group_by].astype(str) == row.group).to_numpy()
         y = test["y"].to_numpy()
         K = int(p.n_classes.iloc[0])

@@ -540,11 +540,14 @@ def test_saved_predictions_reproduce_the_metrics_and_fill_in_on_resume(
     assert report.probes_fitted == 2 * 2 * 2  # the units without predictions ran again
     res = pd.read_parquet(out)
     folder = tmp_path / "r.parquet.predictions"
-    preds = pd.concat([pd.read_parquet(p) for p in folder.glob("[!t]*.parquet")])
+    duckdb = pytest.importorskip("duckdb")
+    # one glob, one table (the test tables are in tests/): as users read it with duckdb
+    preds = duckdb.sql(f"select * from read_parquet('{folder}/*.parquet')").df()
     assert len(preds) == len(res)
+    assert len(duckdb.sql(f"select * from read_parquet('{folder}/tests/*.parquet')").df()) > 0
     fs = open_store(store)
     for row in preds.itertuples():
-        test = pd.read_parquet(folder / f"{row.test}.parquet")
+        test = pd.read_parquet(folder / "tests" / f"{row.test}.parquet")
         assert list(test["id"]) == list(fs.ids[test["row"].to_numpy()])
         K = row.n_classes
         s = np.asarray(row.scores).reshape(len(test), -1) if K > 2 else np.asarray(row.scores)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from fmprobe import storage, tables
 from fmprobe.errors import UsageError
 from fmprobe.report import figures as F
 from fmprobe.report import sections as S
@@ -30,7 +31,7 @@ class ReportResult:
 
     Attributes
     ----------
-    index : Path
+    index : str
         ``OUT/index.html``: the whole report in one file (figures inline as SVG).
     figures : tuple of str
         The names of the figures on the page, in page order.
@@ -41,7 +42,7 @@ class ReportResult:
     seconds : float
     """
 
-    index: Path
+    index: str
     figures: tuple[str, ...]
     sections: tuple[str, ...]
     comparisons: int
@@ -59,19 +60,10 @@ class ReportResult:
 
 
 def _read_table(path: str | Path, what: str, expected: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} {str(p)!r} does not exist; pass {expected}")
-    suffix = p.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
-        raise UsageError(f"{what} {str(p)!r}: expected a .parquet or .csv file ({expected})")
     try:
-        return pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
-    except Exception as exc:  # pyarrow's ArrowInvalid, pandas' ParserError, OSError, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UsageError(
-            f"{what} {str(p)!r} cannot be read as a table ({first}); pass {expected}"
-        ) from None
+        return tables.read_table(path, what=what)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; pass {expected}") from None
 
 
 def _read_results(results: str | Path, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -131,21 +123,23 @@ def _feature_order(key: str) -> tuple[Any, ...]:
     return parsed if parsed else (key, -1, "")
 
 
-def _out_dir(out: str | Path) -> Path:
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(
-            f"--out {str(out_dir)!r} is a file; pass a folder (the report is written as "
-            f"FOLDER/{INDEX})"
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {str(out_dir)!r} cannot be created ({exc.strerror})") from None
+def _out_dir(out: str | Path) -> str:
+    out_dir = storage.local(out)
+    with storage.errors(out_dir, what="--out"):
+        if storage.exists(out_dir) and not storage.isdir(out_dir):
+            raise UsageError(
+                f"--out {out_dir!r} is a file; pass a folder (the report is written as "
+                f"FOLDER/{INDEX})"
+            )
+        if not storage.is_url(out_dir):  # object stores have no folders to create
+            try:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"--out {out_dir!r} cannot be created ({exc.strerror})") from None
     return out_dir
 
 
-def _context(ok: pd.DataFrame, results: Path, metric: str, n: int | None, reps: int) -> S.Context:
+def _context(ok: pd.DataFrame, results: str, metric: str, n: int | None, reps: int) -> S.Context:
     features = tuple(dict.fromkeys(sorted(ok["feature"].unique(), key=_feature_order)))
     samplers, probes = set(ok["sampler"]), ok["probe"]
     return S.Context(
@@ -216,7 +210,7 @@ def report(
     >>> r = report(results="out/demo/results.parquet", out="out/demo/report",
     ...            forecast="out/demo/forecast.parquet")  # doctest: +SKIP
     >>> r.index  # doctest: +SKIP
-    PosixPath('out/demo/report/index.html')
+    'out/demo/report/index.html'
     """
     import matplotlib
 
@@ -228,7 +222,7 @@ def report(
         raise UsageError("--group-by needs --store STORE: the feature store the sweep read")
     res, ok = _read_results(results, metric)
     fc = _forecast_table(forecast)
-    ctx = _context(ok, Path(results), metric, n, replicates)
+    ctx = _context(ok, storage.local(results), metric, n, replicates)
     out_dir = _out_dir(out)
     page = Page()
     with plt.rc_context(F.STYLE):  # type: ignore[arg-type]
@@ -240,16 +234,17 @@ def report(
         if group_by:
             S.subgroups_section(page, ctx, group_by=group_by, store=store)
         comparisons = S.compare_section(page, ctx)
-    provenance_section(page, res, Path(results), store, forecast)
+    provenance_section(page, res, storage.local(results), store, forecast)
     subtitle = html.escape(
         f"{results} · {len(ctx.features)} feature(s), {ok['task'].nunique()} task(s), "
         f"{ok['probe'].nunique()} probe(s), n = {', '.join(map(str, sorted(ok['n'].unique())))}, "
         f"{ok['seed'].nunique()} seed(s) · generated "
         f"{_dt.datetime.now().isoformat(timespec='seconds')}"
     )
-    index = out_dir / INDEX
+    index = storage.join(out_dir, INDEX)
     with atomic_path(index, what="--out") as tmp:
-        tmp.write_text(page.html(title or f"fmprobe report: {Path(results).name}", subtitle))
+        name = storage.local(results).rsplit("/", 1)[-1]
+        tmp.write_text(page.html(title or f"fmprobe report: {name}", subtitle))
     return ReportResult(
         index=index,
         figures=tuple(page.figures),

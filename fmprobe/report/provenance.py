@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from fmprobe import storage
 from fmprobe.report.page import Page
 
 SWEEP_SETTINGS = ("probes", "samplers", "n", "seeds", "C", "split_col", "test_frac", "group_col",
@@ -16,7 +17,7 @@ SWEEP_SETTINGS = ("probes", "samplers", "n", "seeds", "C", "split_col", "test_fr
                   "blank")  # fmt: skip
 
 
-def _results_rows(res: pd.DataFrame, results: Path, forecast: Any) -> list[tuple[str, str]]:
+def _results_rows(res: pd.DataFrame, results: str, forecast: Any) -> list[tuple[str, str]]:
     from fmprobe import __version__
 
     rows: list[tuple[str, str]] = [("results", str(results))]
@@ -27,10 +28,10 @@ def _results_rows(res: pd.DataFrame, results: Path, forecast: Any) -> list[tuple
         if col in res.columns:
             rows.append((what, ", ".join(map(str, res[col].unique()))))
     rows.append(("fmprobe version (report)", __version__))
-    cfg_path = results.with_name(results.name + ".parts") / "config.json"
-    if cfg_path.exists():
+    cfg_path = storage.join(storage.sibling(results, ".parts"), "config.json")
+    if storage.exists(cfg_path):
         try:
-            cfg = json.loads(cfg_path.read_text()).get("config", {})
+            cfg = json.loads(storage.read_text(cfg_path)).get("config", {})
         except (OSError, ValueError, AttributeError):
             cfg = {}
         settings = ", ".join(f"{k}={cfg[k]}" for k in SWEEP_SETTINGS if k in cfg)
@@ -62,7 +63,7 @@ def _model_rows(fs: Any) -> list[dict[str, Any]]:
 
 
 def provenance_section(
-    page: Page, res: pd.DataFrame, results: Path, store: str | Path | None, forecast: Any
+    page: Page, res: pd.DataFrame, results: str, store: str | Path | None, forecast: Any
 ) -> None:
     rows = _results_rows(res, results, forecast)
     models: list[dict[str, Any]] = []

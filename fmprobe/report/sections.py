@@ -27,8 +27,8 @@ class Context:
 
     Attributes
     ----------
-    results : Path
-        The results table's path.
+    results : str
+        The results table's path or URL.
     ok : pandas.DataFrame
         Its rows with a value of ``metric`` (``n`` as int).
     metric : str
@@ -45,7 +45,7 @@ class Context:
         Bootstrap replicates of subgroup intervals and comparisons.
     """
 
-    results: Path
+    results: str
     ok: pd.DataFrame
     metric: str
     n_ref: int
