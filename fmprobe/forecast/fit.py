@@ -40,17 +40,22 @@ class CurveData:
         Weight of each mean (``k_n / σ²_n``); 0 marks padding or a left-out point.
     sd : ndarray, shape (C, P), optional
         Seed-level standard deviation of the scores at each n (NaN where unknown: one seed).
+    train : ndarray, shape (C, P), optional
+        Mean training-set score at each n (the same metric on the n training labels; NaN where
+        unknown).
     """
 
     n: np.ndarray
     y: np.ndarray
     w: np.ndarray
     sd: np.ndarray | None = None
+    train: np.ndarray | None = None
 
     def rows(self, keep: np.ndarray) -> CurveData:
         """The curves selected by ``keep`` (a boolean mask or row indices)."""
         sd = None if self.sd is None else self.sd[keep]
-        return CurveData(n=self.n[keep], y=self.y[keep], w=self.w[keep], sd=sd)
+        train = None if self.train is None else self.train[keep]
+        return CurveData(n=self.n[keep], y=self.y[keep], w=self.w[keep], sd=sd, train=train)
 
     @property
     def best(self) -> np.ndarray:
