@@ -6,6 +6,8 @@ code 2, and the Python API against the CLI."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -702,3 +704,20 @@ def test_calibration_is_data_and_round_trips(tmp_path) -> None:  # type: ignore[
         train_cols = [predict.FEATURES.index(f) for f in predict.TRAIN_FEATURES]
         assert (cal.models[name].theta[np.ix_(range(len(predict.BASES)), train_cols)] == 0).all()
         assert (cal.models[name].theta[train_rows, 0] <= -20).all()
+
+
+def test_benchmark_cli_equals_the_library(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "tiny.csv"
+    _tiny_table().to_csv(src, index=False)
+    args = ["forecast", str(src), "--by", "feature,probe", "--benchmark", "--max-labels", "50"]
+    res = CliRunner().invoke(main, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    got = pd.read_json(io.StringIO(res.stdout), orient="records")
+    ref = forecast_benchmark(curves=src, by="feature,probe", max_labels=50).summary
+    assert got[["method", "probe", "horizon"]].values.tolist() == (
+        ref[["method", "probe", "horizon"]].values.tolist()
+    )
+    np.testing.assert_allclose(got["mae"], ref["mae"], atol=1e-12)
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0
+    assert "probe knn5, horizon all:" in text.stdout and "fmprobe_no_train" in text.stdout

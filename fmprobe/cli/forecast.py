@@ -51,26 +51,10 @@ def forecast(**opts: Any) -> None:
       fmprobe forecast curves.parquet --benchmark --max-labels 64
     """
     from fmprobe.forecast import forecast as run_forecast
-    from fmprobe.forecast import forecast_benchmark
 
     as_json, plot, benchmark = opts.pop("as_json"), opts.pop("plot"), opts.pop("benchmark")
     if benchmark:
-        for unused in ("at", "target"):
-            if opts.pop(unused) is not None:
-                click.echo(f"warning: --{unused} is ignored with --benchmark", err=True)
-        opts["max_labels"] = 64.0 if opts["max_labels"] is None else opts["max_labels"]
-        b = forecast_benchmark(**opts)
-        click.echo(
-            f"forecast benchmark: {b.curves_used} curves scored in {b.seconds:.1f} s; "
-            f"skipped {b.curves_skipped or 'none'}",
-            err=True,
-        )
-        if as_json:
-            click.echo(b.summary.to_json(orient="records"))
-            return
-        for (probe, horizon), t in b.summary.groupby(["probe", "horizon"], sort=False):
-            click.echo(f"probe {probe}, horizon {horizon}:")
-            click.echo(_fmt(t.drop(columns=["probe", "horizon"]).dropna(axis=1, how="all")))
+        _benchmark(opts, as_json)
         return
     r = run_forecast(**opts)
     fitted = r.curves["status"].str.startswith("ok")
@@ -89,6 +73,27 @@ def forecast(**opts: Any) -> None:
         click.echo(r.table.to_json(orient="records"))
     elif not opts["out"]:
         click.echo(_fmt(r.table))
+
+
+def _benchmark(opts: dict[str, Any], as_json: bool) -> None:
+    from fmprobe.forecast import forecast_benchmark
+
+    for unused in ("at", "target"):
+        if opts.pop(unused) is not None:
+            click.echo(f"warning: --{unused} is ignored with --benchmark", err=True)
+    opts["max_labels"] = 64.0 if opts["max_labels"] is None else opts["max_labels"]
+    b = forecast_benchmark(**opts)
+    click.echo(
+        f"forecast benchmark: {b.curves_used} curves scored in {b.seconds:.1f} s; "
+        f"skipped {b.curves_skipped or 'none'}",
+        err=True,
+    )
+    if as_json:
+        click.echo(b.summary.to_json(orient="records"))
+        return
+    for (probe, horizon), t in b.summary.groupby(["probe", "horizon"], sort=False):
+        click.echo(f"probe {probe}, horizon {horizon}:")
+        click.echo(_fmt(t.drop(columns=["probe", "horizon"]).dropna(axis=1, how="all")))
 
 
 def _warn_statuses(curves: Any) -> None:

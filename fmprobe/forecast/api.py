@@ -275,13 +275,15 @@ def forecast(
 def _forecast_rows(cv: Curves, fits: Fits, at_n: tuple[float, ...], level: float) -> pd.DataFrame:
     """Every observed n of each curve plus ``at_n``: observed mean, forecast and interval."""
     obs = cv.observed
-    parts = []
-    for c, o in obs.groupby("_curve", sort=True)["n"]:
-        ns = np.union1d(o.to_numpy(dtype=float), np.asarray(at_n, dtype=float))
-        parts.append(pd.DataFrame({"_curve": c, "n": ns}))
-    missing = np.setdiff1d(np.arange(len(cv.status)), obs["_curve"].unique())
-    parts += [pd.DataFrame({"_curve": c, "n": np.asarray(at_n, dtype=float)}) for c in missing]
-    table = pd.concat(parts, ignore_index=True).sort_values(["_curve", "n"], kind="stable")
+    C = len(cv.status)
+    extra = pd.DataFrame(
+        {
+            "_curve": np.repeat(np.arange(C), len(at_n)),
+            "n": np.tile(np.asarray(at_n, dtype=float), C),
+        }
+    )
+    table = pd.concat([obs[["_curve", "n"]], extra], ignore_index=True)
+    table = table.drop_duplicates().sort_values(["_curve", "n"], kind="stable")
     table = table.reset_index(drop=True)
     table = table.merge(obs[["_curve", "n", "observed"]], on=["_curve", "n"], how="left")
     for col in ("predicted", "lower", "upper"):

@@ -167,13 +167,18 @@ def build_curves(
     work["_curve"] = codes
     C = len(keys)
     status = np.full(C, "ok", dtype=object)
-    grouped = work.groupby("_curve")
-    has_nan = grouped["y"].apply(lambda s: bool(s.isna().any())).reindex(range(C), fill_value=False)
-    bad_n = grouped["n"].apply(lambda s: bool((s.isna() | (s <= 0)).any()))
-    bad_n = bad_n.reindex(range(C), fill_value=False)
-    clean = work[np.isfinite(work["y"]) & np.isfinite(work["n"]) & (work["n"] > 0)]
-    out_of_range = clean.groupby("_curve")["y"].apply(lambda s: bool(((s < 0) | (s > 1)).any()))
-    out_of_range = out_of_range.reindex(range(C), fill_value=False)
+
+    def per_curve(flag: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Whether any row of each curve has ``flag``."""
+        code = codes if rows is None else codes[rows]
+        return np.bincount(code[flag], minlength=C) > 0
+
+    y, n = work["y"].to_numpy(), work["n"].to_numpy()
+    has_nan = per_curve(np.isnan(y))
+    bad_n = per_curve(np.isnan(n) | (n <= 0))
+    good = np.isfinite(y) & np.isfinite(n) & (n > 0)
+    clean = work[good]
+    out_of_range = per_curve((y[good] < 0) | (y[good] > 1), good)
 
     agg = clean.groupby(["_curve", "n"])["y"].agg(["mean", "var", "count"]).reset_index()
     observed = agg.rename(columns={"mean": "observed", "count": "k"})

@@ -100,12 +100,16 @@ def _solve(
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         u = -fam.basis(n[:, None, :], th)
     u = np.where(np.isfinite(u), u, 0.0)
-    wb, yb = w[:, None, :], y[:, None, :]
-    sw = wb.sum(axis=2)
-    su = (wb * u).sum(axis=2)
-    sy = (wb * yb).sum(axis=2)
-    suu = (wb * u * u).sum(axis=2)
-    suy = (wb * u * yb).sum(axis=2)
+    u = np.broadcast_to(u, (n.shape[0], u.shape[1], n.shape[1]))
+    # the weighted moments of (1, u, y): every candidate's SSE follows from them in closed
+    # form, so the (curves x candidates x points) arrays are read three times, not ten
+    wu = w[:, None, :] * u
+    sw = np.broadcast_to(w.sum(axis=1)[:, None], wu.shape[:2])
+    sy = np.broadcast_to((w * y).sum(axis=1)[:, None], wu.shape[:2])
+    syy = (w * y * y).sum(axis=1)[:, None]
+    su = wu.sum(axis=2)
+    suu = np.einsum("cgp,cgp->cg", wu, u)
+    suy = np.einsum("cgp,cp->cg", wu, y)
     lo2, hi2 = lo[:, None], hi[:, None]
     det = sw * suu - su * su
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -126,8 +130,9 @@ def _solve(
     for c, a, ok in cands:
         c = np.where(ok, c, 0.0)
         a = np.where(ok, a, 0.0)
-        r = yb - (c[..., None] + a[..., None] * u)
-        sse = np.where(ok, (wb * r * r).sum(axis=2), np.inf)
+        # Σ w (y - c - a·u)², expanded
+        sse = syy - 2 * c * sy - 2 * a * suy + c * c * sw + 2 * c * a * su + a * a * suu
+        sse = np.where(ok, np.maximum(sse, 0.0), np.inf)
         better = sse < best_s
         best_c = np.where(better, c, best_c)
         best_a = np.where(better, a, best_a)
