@@ -130,9 +130,10 @@ def _solve(
     for c, a, ok in cands:
         c = np.where(ok, c, 0.0)
         a = np.where(ok, a, 0.0)
-        # Σ w (y - c - a·u)², expanded
-        sse = syy - 2 * c * sy - 2 * a * suy + c * c * sw + 2 * c * a * su + a * a * suu
-        sse = np.where(ok, np.maximum(sse, 0.0), np.inf)
+        # Σ w (y - c - a·u)², expanded; a candidate whose terms overflow is no candidate
+        with np.errstate(over="ignore", invalid="ignore"):
+            sse = syy - 2 * c * sy - 2 * a * suy + c * c * sw + 2 * c * a * su + a * a * suu
+        sse = np.where(ok & np.isfinite(sse), np.maximum(sse, 0.0), np.inf)
         better = sse < best_s
         best_c = np.where(better, c, best_c)
         best_a = np.where(better, a, best_a)
