@@ -1,16 +1,20 @@
-"""Forecast error of ``fmprobe forecast`` on real learning curves, against simple baselines.
+"""Forecast error of ``fmprobe forecast`` on real learning curves, per probe, against single
+families and the last value; and the calibration of the forecast's learned parameters.
 
-Data: LCDB 1.0 (Mohr et al. 2022), the AUROC curves of scikit-learn learners on OpenML data
-sets (the CSV inside the ``lcdb`` source distribution; the package itself is never imported).
-It is fetched once with ``pip download --no-deps lcdb`` into ~/.cache/fmprobe/lcdb (not the
-repository). Data sets whose OpenML id is in ``--dev-ids`` are the development set, the only
-curves the calibration constants of ``fmprobe/forecast/predict.py`` were learned on; the
+Data: LCDB 1.0 (Mohr et al. 2022), the AUROC curves (test and training scores) of six
+scikit-learn learners on OpenML data sets, named as the probe families of
+``fmprobe.forecast.probes`` (LogisticRegression as ``logreg``, LinearDiscriminantAnalysis as
+``lda``, KNeighborsClassifier as ``knn``, RandomForestClassifier as ``rf``, MLPClassifier as
+``mlp``, RidgeClassifier as ``ridge``). The CSV inside the ``lcdb`` source distribution is
+read; the package itself is never imported. It is fetched once with ``pip download --no-deps
+lcdb`` into ~/.cache/fmprobe/lcdb (not the repository). Data sets whose OpenML id is in
+``--dev-ids`` are the development set, the only curves the calibration is learned on; the
 benchmark figures are computed on the others (held out).
 
     python benchmarks/bench_forecast.py              # held-out LCDB at max-labels 64 and 50,
-                                                     # digits sweep curves, 10,000-curve timing
-    python benchmarks/bench_forecast.py --calibrate  # print the constants (dev ids only);
-                                                     # --write puts them into predict.py
+                                                     # per probe; 10,000-curve timing
+    python benchmarks/bench_forecast.py --calibrate  # learn the calibration (dev ids only);
+                                                     # --write puts it into the package
     python benchmarks/bench_forecast.py --config configs/forecast-lcdb.yaml
 """
 
@@ -22,26 +26,41 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fmprobe.forecast.calibration import Calibration
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "fmprobe" / "lcdb"
-DEV_IDS = REPO.parent / "shared" / "lcdb_dev_openml_ids.txt"
-BY = ("openmlid", "learner")
-CONST_BEGIN = (
-    "# --- calibration constants (benchmarks/bench_forecast.py --calibrate, LCDB dev ids) "
-    + "-" * 9
+# shared/ beside the checkout (or beside the folder of worktrees)
+DEV_IDS = (
+    next(
+        (p for p in (REPO.parent / "shared", REPO.parents[1] / "shared") if p.is_dir()),
+        REPO.parent / "shared",
+    )
+    / "lcdb_dev_openml_ids.txt"
 )
-CONST_END = "# " + "-" * 93
-CALIBRATION_KS = (50, 64, 128)
+BY = ("openmlid", "probe")
+LEARNERS = {
+    "sklearn.linear_model.LogisticRegression": "logreg",
+    "sklearn.discriminant_analysis.LinearDiscriminantAnalysis": "lda",
+    "sklearn.neighbors.KNeighborsClassifier": "knn",
+    "sklearn.ensemble.RandomForestClassifier": "rf",
+    "sklearn.neural_network.MLPClassifier": "mlp",
+    "sklearn.linear_model.RidgeClassifier": "ridge",
+}
+GOAL_PROBES = ("logreg", "lda", "knn", "rf", "mlp")  # the five learners of the issue's goals
+CALIBRATION_KS = (50, 64, 100, 128)
+Z_EDGES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 40)
 
 
 def lcdb_curves() -> pd.DataFrame:
-    """Seed-level LCDB AUROC curves: openmlid, learner, n, seed, auroc (cached as Parquet)."""
-    table = CACHE / "auc_seed_level.parquet"
+    """Seed-level LCDB curves: openmlid, probe, n, seed, auroc, train_auroc (cached)."""
+    table = CACHE / "auc_seed_level_train.parquet"
     if table.exists():
         return pd.read_parquet(table)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -58,20 +77,22 @@ def lcdb_curves() -> pd.DataFrame:
         f = tar.extractfile(member)
         if f is None:
             raise SystemExit(f"{sdists[-1]} holds no readable database-auc.csv")
-        raw = pd.read_csv(
-            f,
-            usecols=["openmlid", "learner", "size_train", "outer_seed", "inner_seed", "score_test"],
-        )
+        cols = ["openmlid", "learner", "size_train", "outer_seed", "inner_seed"]
+        raw = pd.read_csv(f, usecols=[*cols, "score_train", "score_test"])
+    raw = raw[raw["learner"].isin(LEARNERS)]
     df = pd.DataFrame(
         {
             "openmlid": raw["openmlid"].astype(str),
-            "learner": raw["learner"].astype(str),
+            "probe": raw["learner"].map(LEARNERS),
             "n": raw["size_train"].astype(np.int64),
             "seed": (raw["outer_seed"] * 100 + raw["inner_seed"]).astype(np.int64),
             "auroc": raw["score_test"].astype(float),
+            "train_auroc": raw["score_train"].astype(float),
         }
     )
-    df.to_parquet(table, index=False)
+    tmp = table.with_suffix(".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(table)
     return df
 
 
@@ -81,25 +102,77 @@ def split(df: pd.DataFrame, dev_ids: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[is_dev], df[~is_dev]
 
 
-def show(title: str, summary: pd.DataFrame) -> None:
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "" if pd.isna(v) else f"{v:.{digits}f}"
+
+
+def show(title: str, summary: pd.DataFrame, methods: tuple[str, ...]) -> None:
+    """Per probe: each method's MAE at the largest anchor and over all n, its bias, the
+    interval's coverage and width, and labels needed within 2x / under-estimated > 2x."""
     print(f"\n## {title}")
-    cols = ["method", "horizon", "curves", "points", "mae", "median_ae", "p90_ae", "bias"]
-    cols += ["coverage", "width"]
-    t = summary[cols].copy()
-    for c in ("mae", "median_ae", "p90_ae", "bias", "coverage", "width"):
-        t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    order = {h: i for i, h in enumerate(summary["horizon"].unique())}
-    t = t.sort_values(
-        ["horizon", "method"], key=lambda s: s.map(order) if s.name == "horizon" else s
-    )
-    print(t.to_string(index=False))
-    ln = summary[summary["horizon"] == "all"].dropna(subset=["ln_pairs"])
-    for _, r in ln.iterrows():
+    s = summary.set_index(["method", "probe", "horizon"])
+    probes = list(dict.fromkeys(summary["probe"]))
+    head = "| probe | method | MAE largest | MAE all n | bias largest | coverage largest (width) "
+    head += "| coverage all n | labels within 2x / under > 2x (pairs) |"
+    print(head)
+    print("|" + "---|" * 8)
+    for p in probes:
+        for m in methods:
+            if (m, p, "largest") not in s.index:
+                continue
+            big, every = s.loc[(m, p, "largest")], s.loc[(m, p, "all")]
+            cover = (
+                f"{_fmt(big['coverage'], 3)} ({_fmt(big['width'], 3)})"
+                if pd.notna(big["coverage"])
+                else ""
+            )
+            ln = (
+                f"{_fmt(every['ln_within_2x'], 3)} / {_fmt(every['ln_under_2x'], 3)} "
+                f"({int(every['ln_pairs'])})"
+                if pd.notna(every.get("ln_pairs", np.nan))
+                else ""
+            )
+            print(
+                f"| {p} ({int(big['curves'])}) | {m} | {_fmt(big['mae'])} | {_fmt(every['mae'])} "
+                f"| {big['bias']:+.4f} | {cover} | {_fmt(every['coverage'], 3)} | {ln} |"
+            )
+
+
+def goals(summary: pd.DataFrame, title: str) -> None:
+    """The issue's goals, measured on this summary."""
+    s = summary.set_index(["method", "probe", "horizon"])["mae"]
+    cov = summary.set_index(["method", "probe", "horizon"])["coverage"]
+    print(f"\n### goals, {title}")
+    lr = s[("fmprobe", "logreg", "largest")] / s[("pow3", "logreg", "largest")]
+    print(f"logreg curves, largest anchor: MAE / bounded pow3 = {lr:.3f} (goal <= 0.7)")
+    probes = [p for p in GOAL_PROBES if ("fmprobe", p, "largest") in s.index]
+    sub = summary[(summary["horizon"] == "largest") & summary["probe"].isin(probes)]
+    pts = sub.pivot_table(index="probe", columns="method", values="points").iloc[:, 0]
+    mae = sub.pivot_table(index="probe", columns="method", values="mae")
+    five = mae.mul(pts, axis=0).sum() / pts.sum()
+    every = {m: s[(m, "all", "largest")] for m in ("fmprobe", "pow3", "last")}
+    for label, v in (("five learners", five), ("every probe", every)):
+        best = min(v["pow3"], v["last"])
         print(
-            f"labels needed [{r['method']}]: {int(r['ln_pairs'])} (curve, target) pairs on "
-            f"{int(r['ln_curves'])} curves; within 2x {r['ln_within_2x']:.3f}, "
-            f"under-estimates {r['ln_under']:.3f} (by more than 2x: {r['ln_under_2x']:.3f})"
+            f"{label}, largest anchor: MAE {v['fmprobe']:.4f}, pow3 {v['pow3']:.4f}, "
+            f"last {v['last']:.4f}: ratio to the better {v['fmprobe'] / best:.3f} (goal <= 0.8)"
         )
+    for h in ("largest", "all"):
+        per = {p: cov.get(("fmprobe", p, h), np.nan) for p in dict.fromkeys(summary["probe"])}
+        print(
+            f"90% coverage, {h}: "
+            + ", ".join(f"{p} {v:.3f}" for p, v in per.items())
+            + " (goal 0.80-0.97)"
+        )
+    ln = summary[(summary["method"] == "fmprobe") & (summary["horizon"] == "all")]
+    ln = ln.set_index("probe")
+    print(
+        f"labels needed within 2x: {ln.loc['all', 'ln_within_2x']:.3f} of "
+        f"{int(ln.loc['all', 'ln_pairs'])} (curve, target) pairs (goal >= 0.5)"
+    )
 
 
 def run_benchmark(df: pd.DataFrame, max_labels: float, level: float, title: str) -> None:
@@ -107,7 +180,9 @@ def run_benchmark(df: pd.DataFrame, max_labels: float, level: float, title: str)
 
     t = time.perf_counter()
     b = forecast_benchmark(curves=df, by=BY, max_labels=max_labels, level=level, largest_min_n=1024)
-    show(f"{title}: fit on n <= {max_labels:g}, level {level}", b.summary)
+    name = f"{title}: fit on n <= {max_labels:g}, level {level}"
+    show(name, b.summary, b.methods)
+    goals(b.summary, name)
     print(
         f"{b.curves_used} curves scored, skipped {b.curves_skipped}; "
         f"{time.perf_counter() - t:.1f} s"
@@ -115,6 +190,7 @@ def run_benchmark(df: pd.DataFrame, max_labels: float, level: float, title: str)
 
 
 def run_digits(results: Path, level: float) -> None:
+    """The demo's sweep curves (``make demo``), when they exist."""
     from fmprobe.forecast import forecast_benchmark
 
     if not results.exists():
@@ -122,108 +198,179 @@ def run_digits(results: Path, level: float) -> None:
         return
     for k in (50, 100):
         b = forecast_benchmark(curves=results, max_labels=k, level=level)
-        show(f"fmprobe sweep curves ({results}): fit on n <= {k}", b.summary)
+        show(f"fmprobe sweep curves ({results}): fit on n <= {k}", b.summary, b.methods)
 
 
 def run_timing(df: pd.DataFrame, curves: int) -> None:
-    """forecast() end to end (group, fit every family, quantiles) on ``curves`` curves."""
+    """forecast() end to end (group, fit every family, training curve, quantiles) on
+    ``curves`` curves, beside the same call with one family (pow3) in the same process."""
     from fmprobe.forecast import forecast
 
     small = df[df["n"] <= 64]
-    mean = small.groupby([*BY, "n"], as_index=False)["auroc"].mean().dropna()
+    mean = small.groupby([*BY, "n"], as_index=False)[["auroc", "train_auroc"]].mean()
+    mean = mean.dropna(subset=["auroc"])
     keys = mean[list(BY)].drop_duplicates()
     reps = int(np.ceil(curves / len(keys)))
-    parts = [mean.assign(rep=str(r)) for r in range(reps)]
-    big = pd.concat(parts, ignore_index=True)
+    big = pd.concat([mean.assign(rep=str(r)) for r in range(reps)], ignore_index=True)
     k = big[[*BY, "rep"]].drop_duplicates().head(curves)
     big = big.merge(k, on=[*BY, "rep"])
-    t = time.perf_counter()
-    r = forecast(curves=big, by=(*BY, "rep"), at="1024,4096")
-    dt = time.perf_counter() - t
-    print(
-        f"\n## timing: forecast() on {len(r.curves):,} curves ({len(big):,} points, 9 families)"
-        f": {dt:.1f} s"
-    )
+    times = {}
+    for label, fams in (("pow3 alone", "pow3"), ("fmprobe (9 families + training curve)", None)):
+        t, cpu = time.perf_counter(), time.process_time()
+        r = forecast(curves=big, by=(*BY, "rep"), at="1024,4096", families=fams)
+        times[label] = (time.perf_counter() - t, time.process_time() - cpu)
+    print(f"\n## timing: forecast() on {len(r.curves):,} curves ({len(big):,} points)")
+    for label, (sec, cpu) in times.items():
+        print(f"{label}: {sec:.1f} s wall, {cpu:.1f} s CPU of this process")
+    ratio = times["fmprobe (9 families + training curve)"][0] / times["pow3 alone"][0]
+    print(f"ratio fmprobe / pow3 alone (wall): {ratio:.1f}")
 
 
-def _collect(df: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Every (curve, larger anchor) of ``df`` for each fit budget k: the meta features, the
-    bases, the truth and what the benchmark scores (largest anchor >= 1,024)."""
+# --- the calibration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Every (curve, larger anchor) of the development curves for each fit budget.
+
+    Attributes
+    ----------
+    x : ndarray (T, D)
+        The meta-model's features of the target's curve (``predict.FEATURES``).
+    g : ndarray (T, J)
+        Every basis (``predict.BASES``) at the target's n.
+    vals : ndarray (F, T)
+        Each default family's forecast at the target's n.
+    y0, y, L : ndarray (T,)
+        Last fitted mean, observed mean, log2(n / fit_max_n).
+    largest : ndarray of bool (T,)
+        The curve's largest anchor, when >= 1,024.
+    train : ndarray of bool (T,)
+        Whether the curve's training curve is used.
+    group, probe, curve : ndarray (T,)
+        Data set, probe name and a curve id.
+    k : ndarray (T,)
+        The fit budget.
+    """
+
+    x: np.ndarray
+    g: np.ndarray
+    vals: np.ndarray
+    y0: np.ndarray
+    y: np.ndarray
+    L: np.ndarray
+    largest: np.ndarray
+    train: np.ndarray
+    group: np.ndarray
+    probe: np.ndarray
+    curve: np.ndarray
+    k: np.ndarray
+
+    def rows(self, m: np.ndarray) -> Targets:
+        return Targets(
+            **{
+                f: (getattr(self, f)[:, m] if f == "vals" else getattr(self, f)[m])
+                for f in self.__dataclass_fields__
+            }
+        )
+
+
+def collect(df: pd.DataFrame, ks: tuple[int, ...]) -> Targets:
+    """Fit every dev curve on n <= k for each k and list every larger anchor as a target."""
     from fmprobe.forecast import predict
-    from fmprobe.forecast.curves import build_curves
+    from fmprobe.forecast.api import prepare
     from fmprobe.forecast.families import DEFAULT_FAMILIES
 
-    keys = ("x", "g", "vals", "y0", "y", "L", "largest", "group", "k", "pow3")
-    out: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in Targets.__dataclass_fields__}
     for k in ks:
-        cv = build_curves(df, metric="auroc", by=BY, max_labels=k)
+        prep = prepare(
+            df,
+            metric="auroc",
+            by=BY,
+            max_labels=k,
+            level=0.9,
+            families=None,
+            train_metric="train_auroc",
+        )
+        cv = prep.curves
+        fits = predict.fit_curves(cv.data, DEFAULT_FAMILIES, probes=cv.probe[cv.fit_index])
         obs = cv.observed
         beyond = obs[(obs["n"] > k) & obs["_curve"].isin(cv.fit_index)]
         pos = {c: i for i, c in enumerate(cv.fit_index)}
         fi = beyond["_curve"].map(pos).to_numpy()
-        fits = predict.fit_curves(cv.data, DEFAULT_FAMILIES)
-        x = predict.meta_features(cv.data, fits.params)
         sub = fits.take(fi)
+        if sub.last is None or sub.features is None or sub.amp is None or sub.model is None:
+            raise SystemExit("the meta-model was not fitted")
         n = beyond["n"].to_numpy(dtype=float)[:, None]
-        vals = sub.family_values(n)[:, :, 0]
-        assert sub.last is not None
+        vals = sub.family_values(n)
         L = np.log2(n[:, 0] / sub.fit_max_n)
-        g = np.concatenate(
-            [(vals - sub.last).T, np.maximum(L, 0)[:, None] / predict.DRIFT_SCALE], 1
-        )
-        largest = (
-            beyond["n"].to_numpy() == beyond.groupby("_curve")["n"].transform("max").to_numpy()
-        )
-        out["x"].append(x[fi])
-        out["g"].append(g)
-        out["vals"].append(vals)
-        out["y0"].append(sub.last)
-        out["y"].append(beyond["observed"].to_numpy())
-        out["L"].append(L)
-        out["largest"].append(largest & (beyond["n"].to_numpy() >= 1024))
-        out["group"].append(cv.keys["openmlid"].to_numpy()[beyond["_curve"].to_numpy()])
-        out["k"].append(np.full(len(fi), k))
-        out["pow3"].append(vals[DEFAULT_FAMILIES.index("pow3")])
+        g = predict.basis_values(vals, sub.last, L[:, None], sub.amp)[:, :, 0].T
+        ns = beyond["n"].to_numpy()
+        largest = ns == beyond.groupby("_curve")["n"].transform("max").to_numpy()
+        got = {
+            "x": sub.features,
+            "g": g,
+            "vals": vals[:, :, 0],
+            "y0": sub.last,
+            "y": beyond["observed"].to_numpy(),
+            "L": L,
+            "largest": largest & (ns >= 1024),
+            "train": np.char.endswith(sub.model.astype(str), "+train"),
+            "group": cv.keys["openmlid"].to_numpy()[beyond["_curve"].to_numpy()],
+            "probe": cv.probe[beyond["_curve"].to_numpy()],
+            "curve": fi + 1_000_000 * k,
+            "k": np.full(len(fi), k),
+        }
+        for f, v in got.items():
+            parts[f].append(v)
         print(f"max-labels {k}: {len(cv.fit_index)} curves, {len(fi)} targets", file=sys.stderr)
-    return {key: np.concatenate(v, axis=-1 if key == "vals" else 0) for key, v in out.items()}
+    return Targets(**{f: np.concatenate(v, axis=0 if f != "vals" else 1) for f, v in parts.items()})
 
 
-def fit_meta(
+def fit_theta(
     x: np.ndarray,
     g: np.ndarray,
     y0: np.ndarray,
     y: np.ndarray,
-    largest: np.ndarray,
+    sw: np.ndarray,
     *,
-    bias_penalty: float = 10.0,
-    ridge: float = 1e-4,
+    ridge: float,
     delta: float = 0.01,
 ) -> np.ndarray:
-    """θ of the meta-model: minimise the mean smoothed absolute error ``sqrt(e² + δ²)`` over
-    every target, plus ``bias_penalty``·(mean error at the largest anchors)² and a ridge."""
+    """θ of one meta-model: minimise the weighted mean smoothed absolute error
+    ``sqrt(e² + δ²)`` (the target is an MAE) plus a ridge on the standardised features
+    (every column but the constant); returns θ for the raw features."""
     from scipy.optimize import minimize
 
     J, d = g.shape[1], x.shape[1]
-    wl = largest / max(largest.sum(), 1)
+    mu, sd = x[:, 1:].mean(axis=0), x[:, 1:].std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    z = np.column_stack([np.ones(len(x)), (x[:, 1:] - mu) / sd])
+    sw = sw / sw.sum()
+    pen = np.ones((J, d))
+    pen[:, 0] = 0.0
+    pen = pen.ravel()
 
     def loss(th: np.ndarray) -> tuple[float, np.ndarray]:
-        T = th.reshape(J, d)
-        A = x @ T.T
+        A = z @ th.reshape(J, d).T
         e = y0 + (np.logaddexp(0.0, A) * g).sum(axis=1) - y
         r = np.sqrt(e * e + delta * delta)
-        bias = float(wl @ e)
-        de = e / r / len(y) + 2 * bias_penalty * bias * wl
-        grad = ((de[:, None] * g / (1 + np.exp(-A))).T @ x).ravel() + 2 * ridge * th
-        return float(r.mean() + bias_penalty * bias**2 + ridge * th @ th), grad
+        de = e / r * sw
+        grad = ((de[:, None] * g / (1 + np.exp(-A))).T @ z).ravel() + 2 * ridge * pen * th
+        return float(sw @ r + ridge * th @ (pen * th)), grad
 
     th0 = np.zeros((J, d))
     th0[:, 0] = -3.0
-    res = minimize(loss, th0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 3000})
-    return np.asarray(res.x.reshape(J, d))
+    res = minimize(loss, th0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 5000})
+    ts = res.x.reshape(J, d)
+    theta = np.zeros((J, d))
+    theta[:, 1:] = ts[:, 1:] / sd
+    theta[:, 0] = ts[:, 0] - (ts[:, 1:] * mu / sd).sum(axis=1)
+    return theta
 
 
 def fit_scale(x: np.ndarray, gain: np.ndarray, L: np.ndarray, err: np.ndarray) -> np.ndarray:
-    """ψ of the meta-model's spread: maximum Laplace likelihood of the errors ``err``, i.e.
+    """ψ of a meta-model's spread: maximum Laplace likelihood of the errors ``err``, i.e.
     minimise mean(|err|/s + log s) with ``log s = ψ·f`` (convex in ψ)."""
     from scipy.optimize import minimize
 
@@ -241,110 +388,300 @@ def fit_scale(x: np.ndarray, gain: np.ndarray, L: np.ndarray, err: np.ndarray) -
     return np.asarray(res.x)
 
 
-def _meta_point(theta: np.ndarray, c: dict[str, np.ndarray]) -> np.ndarray:
-    from fmprobe.forecast.predict import meta_weights
-
-    w = meta_weights(c["x"], theta)
-    return np.asarray(np.clip(c["y0"] + (w * c["g"]).sum(axis=1), 0, 1))
-
-
-def _z_table(
-    z: np.ndarray, L: np.ndarray, probs: np.ndarray
-) -> tuple[list[float], list[np.ndarray]]:
-    edges = np.array([0, 1, 2, 3, 4, 5, 6, 8, 10, 40])
+def z_table(z: np.ndarray, L: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles ``probs`` of ``z`` per bin of L (bins of fewer than 50 targets are merged
+    away); returns (centres, table)."""
     centres, table = [], []
-    for lo, hi in itertools.pairwise(edges):
+    for lo, hi in itertools.pairwise(Z_EDGES):
         m = (lo < L) & (hi >= L)
         if m.sum() < 50:
             continue
         centres.append(float(np.median(L[m])))
         table.append(np.quantile(z[m], probs))
-        print(f"L in ({lo}, {hi}]: {m.sum()} targets", file=sys.stderr)
-    return centres, table
+    return np.array(centres), np.array(table)
 
 
-def _array(name: str, rows: list[np.ndarray], decimals: int = 3) -> list[str]:
-    return [
-        f"{name} = np.array(",
-        "    [",
-        *("        " + str(np.round(row, decimals).tolist()) + "," for row in rows),
-        "    ]",
-        ")",
-    ]
+def _columns(train: bool, probe: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The feature columns and basis rows a meta-model uses."""
+    from fmprobe.forecast import predict
+
+    feats = (
+        *predict.TEST_FEATURES,
+        *(predict.TRAIN_FEATURES if train else ()),
+        *(predict.PROBE_FEATURES if probe else ()),
+    )
+    bases = (*predict.BASES[: -len(predict.TRAIN_BASES)], *(predict.TRAIN_BASES if train else ()))
+    return (
+        np.array([predict.FEATURES.index(f) for f in feats]),
+        np.array([predict.BASES.index(b) for b in bases]),
+    )
 
 
-def calibrate(df: pd.DataFrame, ks: tuple[int, ...], folds: int = 5) -> str:
-    """Learn the constants of predict.py from the dev curves; return them as source: the
-    meta-model (θ by the full dev fit; ψ and the z table from the out-of-fold errors of a
-    cross-validation grouped by data set) and the BETA / KAPPA / Z table of the family average
-    used with --families."""
+VARIANTS = {
+    "probe+train": (True, True),
+    "probe": (False, True),
+    "pooled+train": (True, False),
+    "pooled": (False, False),
+}
+
+
+def _point(theta: np.ndarray, t: Targets) -> np.ndarray:
+    w = np.logaddexp(0.0, t.x @ theta.T)
+    return np.asarray(np.clip(t.y0 + (w * t.g).sum(axis=1), 0.0, 1.0))
+
+
+def fit_variant(t: Targets, name: str, ridge: float) -> np.ndarray:
+    """θ (J, D) of meta-model ``name`` fitted on the targets ``t`` (zero where unused)."""
+    from fmprobe.forecast import predict
+
+    train, _ = VARIANTS[name]
+    cols, rows = _columns(*VARIANTS[name])
+    m = t.train if train else np.ones(len(t.y), dtype=bool)
+    # every curve weighs the same, whatever its number of larger anchors
+    _, inv, cnt = np.unique(t.curve[m], return_inverse=True, return_counts=True)
+    th = fit_theta(t.x[m][:, cols], t.g[m][:, rows], t.y0[m], t.y[m], 1.0 / cnt[inv], ridge=ridge)
+    theta = np.zeros((len(predict.BASES), len(predict.FEATURES)))
+    theta[:, 0] = -30.0  # an unused basis gets no weight
+    theta[np.ix_(rows, cols)] = th
+    return theta
+
+
+def _variant_targets(t: Targets, name: str) -> Targets:
+    """The targets as meta-model ``name`` sees them (features it does not read zeroed)."""
+    from fmprobe.forecast import predict
+
+    train, probe = VARIANTS[name]
+    x = t.x.copy()
+    g = t.g.copy()
+    if not train:
+        x[:, [predict.FEATURES.index(f) for f in predict.TRAIN_FEATURES]] = 0.0
+        g[:, -len(predict.TRAIN_BASES) :] = 0.0
+    if not probe:
+        x[:, [predict.FEATURES.index(f) for f in predict.PROBE_FEATURES]] = 0.0
+    keep = t.train if train else np.ones(len(t.y), dtype=bool)
+    out = Targets(**{**{f: getattr(t, f) for f in Targets.__dataclass_fields__}, "x": x, "g": g})
+    return out.rows(keep)
+
+
+def _meta_model(name: str, theta: np.ndarray, t: Targets, oof: np.ndarray, m: np.ndarray):  # type: ignore[no-untyped-def]
+    """A ``MetaModel``: θ, and ψ and the z table fitted to the out-of-fold errors ``oof`` of
+    the targets ``m``."""
+    from fmprobe.forecast import predict
+    from fmprobe.forecast.calibration import MetaModel, load_calibration
+
+    t, oof = t.rows(m), oof[m]
+    psi = fit_scale(t.x, oof - t.y0, t.L, t.y - oof)
+    spread = predict.meta_spread(t.x, (oof - t.y0)[:, None], t.L[:, None], psi)[:, 0]
+    centres, table = z_table((t.y - oof) / spread, t.L, load_calibration().z_probs)
+    return MetaModel(name=name, theta=theta, psi=psi, z_centres=centres, z_table=table)
+
+
+def _subset_model(t: Targets):  # type: ignore[no-untyped-def]
+    """The family average used when --families names a subset: β by non-negative least
+    squares of the truth's gains on the families' gains, κ by least squares on L."""
     from scipy.optimize import nnls
 
     from fmprobe.forecast import predict
+    from fmprobe.forecast.calibration import SubsetModel, load_calibration
     from fmprobe.forecast.families import DEFAULT_FAMILIES
 
-    c = _collect(df, ks)
-    y, y0, L = c["y"], c["y0"], c["L"]
-    groups = np.unique(c["group"])
-    fold_of = dict(
-        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
-    )
-    fold = np.array([fold_of[gr] for gr in c["group"]])
-    oof = np.zeros(len(y))
-    for f in range(folds):
-        tr, te = fold != f, fold == f
-        th = fit_meta(c["x"][tr], c["g"][tr], y0[tr], y[tr], c["largest"][tr])
-        oof[te] = _meta_point(th, {key: v[te] for key, v in c.items() if key != "vals"})
-    for k in ks:
-        m = c["largest"] & (c["k"] == k)
-        e, e3 = oof[m] - y[m], c["pow3"][m] - y[m]
-        print(
-            f"dev CV, max-labels {k}, largest anchor: meta MAE {np.abs(e).mean():.4f} "
-            f"(bias {e.mean():+.4f}), pow3 {np.abs(e3).mean():.4f}; all anchors "
-            f"{np.abs(oof - y)[c['k'] == k].mean():.4f}",
-            file=sys.stderr,
-        )
-    psi = fit_scale(c["x"], oof - y0, L, y - oof)
-    z = (y - oof) / predict.meta_spread(c["x"], (oof - y0)[:, None], L[:, None], psi)[:, 0]
-    meta_centres, meta_table = _z_table(z, L, predict.Z_PROBS)
-    theta = fit_meta(c["x"], c["g"], y0, y, c["largest"])
-
-    # the family average used when --families names a subset
-    V = c["vals"]
+    V, y, y0, L = t.vals, t.y, t.y0, t.L
     beta, _ = nnls((V - y0).T, y - y0)
     beta = beta / beta.sum()
     mean = (beta[:, None] * V).sum(axis=0)
     kappa = float(np.sum((y - mean) * L) / np.sum(L * L))
-    spread = np.sqrt((beta[:, None] * (V - mean) ** 2).sum(axis=0)) + predict.SPREAD_FLOOR
+    floor = predict.SUBSET_SPREAD_FLOOR
+    spread = np.sqrt((beta[:, None] * (V - mean) ** 2).sum(axis=0)) + floor
     point = np.clip(mean + kappa * np.maximum(L, 0.0), 0.0, 1.0)
-    centres, table = _z_table((y - point) / spread, L, predict.Z_PROBS)
-
-    beta_items = ", ".join(
-        f'"{f}": {round(float(b), 3)}' for f, b in zip(DEFAULT_FAMILIES, beta, strict=True)
+    centres, table = z_table((y - point) / spread, L, load_calibration().z_probs)
+    return SubsetModel(
+        beta=dict(zip(DEFAULT_FAMILIES, beta.tolist(), strict=True)),
+        kappa=kappa,
+        spread_floor=floor,
+        z_centres=centres,
+        z_table=table,
     )
-    lines = [
-        f"BETA: dict[str, float] = {{{beta_items}}}",
-        f"KAPPA = {round(kappa, 5)}",
-        f"SPREAD_FLOOR = {predict.SPREAD_FLOOR}",
-        f"Z_PROBS = np.array({predict.Z_PROBS.tolist()})",
-        f"Z_CENTRES = np.array({np.round(centres, 3).tolist()})",
-        *_array("Z_TABLE", table),
-        *_array("META_THETA", list(theta), 4),
-        f"META_PSI = np.array({np.round(psi, 4).tolist()})",
-        f"META_Z_CENTRES = np.array({np.round(meta_centres, 3).tolist()})",
-        *_array("META_Z_TABLE", meta_table),
+
+
+def calibrate(
+    df: pd.DataFrame, ks: tuple[int, ...], *, folds: int = 5, ridge: float = 1e-3
+) -> tuple[Calibration, list[Calibration], dict[str, int]]:
+    """Learn the calibration from the dev curves ``df``: θ of each meta-model on every dev
+    curve; ψ and the z table from the out-of-fold errors of a cross-validation grouped by data
+    set; the family average used with --families. Also returns, per fold, the calibration
+    learned without that fold's data sets (θ refitted, ψ and z from the other folds' errors)
+    and the fold of each data set, for a cross-validated benchmark."""
+    from dataclasses import replace
+
+    from fmprobe.forecast import predict
+    from fmprobe.forecast.calibration import load_calibration
+
+    t_all = collect(df, ks)
+    groups = np.unique(t_all.group)
+    fold_of = dict(
+        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
+    )
+    models = {}
+    per_fold: list[dict] = [{} for _ in range(folds)]  # type: ignore[type-arg]
+    for name in VARIANTS:
+        t = _variant_targets(t_all, name)
+        fold = np.array([fold_of[gr] for gr in t.group])
+        oof = np.zeros(len(t.y))
+        thetas = []
+        for f in range(folds):
+            thetas.append(fit_variant(t.rows(fold != f), name, ridge))
+            oof[fold == f] = _point(thetas[f], t.rows(fold == f))
+        _report_cv(name, t, oof, ks)
+        every = np.ones(len(t.y), dtype=bool)
+        models[name] = _meta_model(name, fit_variant(t, name, ridge), t, oof, every)
+        for f in range(folds):
+            per_fold[f][name] = _meta_model(name, thetas[f], t, oof, fold != f)
+    cal = Calibration(
+        features=predict.FEATURES,
+        bases=predict.BASES,
+        z_probs=load_calibration().z_probs,
+        models=models,
+        subset=_subset_model(t_all),
+        max_log2_ratio=float(np.floor(10 * t_all.L.max()) / 10),
+        labels_quantile=None,
+        source=(
+            "python benchmarks/bench_forecast.py --calibrate --write: LCDB 1.0 AUROC curves "
+            f"of the {len(groups)} development data sets (shared/lcdb_dev_openml_ids.txt), "
+            f"learners {', '.join(LEARNERS.values())}, fitted on n <= {', '.join(map(str, ks))}; "
+            f"smoothed absolute error, ridge {ridge:g}; spread and z tables from "
+            f"{folds}-fold cross-validation grouped by data set"
+        ),
+    )
+    return cal, [replace(cal, models=m) for m in per_fold], fold_of
+
+
+def save_folds(cal: Calibration, fold_cals: list[Calibration], fold_of: dict[str, int]) -> None:
+    """Keep the calibration and its folds in the cache (``--cv-only`` reads them back)."""
+    import json
+
+    folder = CACHE / "cv"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, c in enumerate([cal, *fold_cals]):
+        (folder / f"calibration_{i}.json").write_text(c.to_json())
+    (folder / "folds.json").write_text(json.dumps({k: int(v) for k, v in fold_of.items()}))
+
+
+def load_folds() -> tuple[Calibration, list[Calibration], dict[str, int]]:
+    import json
+
+    from fmprobe.forecast.calibration import parse_calibration
+
+    folder = CACHE / "cv"
+    fold_of = {str(k): int(v) for k, v in json.loads((folder / "folds.json").read_text()).items()}
+    cals = [
+        parse_calibration(json.loads((folder / f"calibration_{i}.json").read_text()))
+        for i in range(max(fold_of.values()) + 2)
     ]
-    return "\n".join(lines) + "\n"
+    return cals[0], cals[1:], fold_of
 
 
-def write_constants(source: str) -> None:
-    """Replace the calibration block of predict.py (between its two marker lines)."""
-    path = REPO / "fmprobe" / "forecast" / "predict.py"
-    text = path.read_text()
-    head, rest = text.split(CONST_BEGIN, 1)
-    _, tail = rest.split(CONST_END, 1)
-    path.write_text(head + CONST_BEGIN + "\n" + source + CONST_END + tail)
-    subprocess.run([sys.executable, "-m", "ruff", "format", str(path)], check=False)
+def choose_labels_quantile(
+    dev: pd.DataFrame,
+    fold_cals: list[Calibration],
+    fold_of: dict[str, int],
+    ks: tuple[float, ...],
+    level: float,
+    candidates: tuple[float | None, ...] = (None, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
+) -> float | None:
+    """The quantile whose crossing is the labels needed (None: the point forecast's) with the
+    most (curve, target) pairs within 2x of the truth, cross-validated on the dev curves."""
+    from dataclasses import replace
+
+    from fmprobe.forecast import forecast_benchmark
+
+    score = {}
+    for q in candidates:
+        within, pairs = 0.0, 0.0
+        for k in ks:
+            for f, cal in enumerate(fold_cals):
+                ids = [g for g, fo in fold_of.items() if fo == f]
+                b = forecast_benchmark(
+                    curves=dev[dev["openmlid"].isin(ids)],
+                    by=BY,
+                    max_labels=k,
+                    level=level,
+                    calibration=replace(cal, labels_quantile=q),
+                )
+                row = b.summary.set_index(["method", "probe", "horizon"]).loc[
+                    ("fmprobe", "all", "all")
+                ]
+                within += row["ln_within_2x"] * row["ln_pairs"]
+                pairs += row["ln_pairs"]
+        score[q] = within / pairs
+        print(f"labels needed at quantile {q}: within 2x {score[q]:.3f}", file=sys.stderr)
+    return max(score, key=lambda q: score[q])
+
+
+def cross_validated_benchmark(
+    dev: pd.DataFrame,
+    fold_cals: list[Calibration],
+    fold_of: dict[str, int],
+    max_labels: float,
+    level: float,
+) -> None:
+    """The benchmark on the dev curves, each fold's data sets forecast with the calibration
+    learned without them; figures pooled over the folds (weighted by points or pairs)."""
+    from fmprobe.forecast import forecast_benchmark
+
+    parts = []
+    methods: tuple[str, ...] = ()
+    for f, cal in enumerate(fold_cals):
+        ids = [g for g, fo in fold_of.items() if fo == f]
+        b = forecast_benchmark(
+            curves=dev[dev["openmlid"].isin(ids)],
+            by=BY,
+            max_labels=max_labels,
+            level=level,
+            largest_min_n=1024,
+            calibration=cal,
+        )
+        parts.append(b.summary)
+        methods = b.methods
+    s = pd.concat(parts, ignore_index=True)
+    keys = ["method", "probe", "horizon"]
+    rows = []
+    for key, g in s.groupby(keys, sort=False):
+        row = dict(zip(keys, key, strict=True))
+        w = g["points"].to_numpy(dtype=float)
+        for c in ("mae", "bias", "coverage", "width"):
+            row[c] = float(np.average(g[c], weights=w)) if g[c].notna().all() else np.nan
+        row["points"], row["curves"] = int(w.sum()), int(g["curves"].sum())
+        if "ln_pairs" in g and g["ln_pairs"].notna().any():
+            h = g.dropna(subset=["ln_pairs"])
+            row["ln_pairs"] = float(h["ln_pairs"].sum())
+            for c in ("ln_within_2x", "ln_under", "ln_under_2x"):
+                row[c] = float(np.average(h[c], weights=h["ln_pairs"]))
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    name = (
+        f"LCDB dev, {len(fold_cals)}-fold cross-validated by data set: fit on n <= {max_labels:g}"
+    )
+    show(name, summary, methods)
+    goals(summary, name)
+
+
+def _report_cv(name: str, t: Targets, oof: np.ndarray, ks: tuple[int, ...]) -> None:
+    pow3 = t.vals[0]
+    for k in ks:
+        m = t.largest & (t.k == k)
+        e, e3 = np.abs(oof - t.y)[m], np.abs(pow3 - t.y)[m]
+        per = " ".join(
+            f"{p} {e[t.probe[m] == p].mean() / e3[t.probe[m] == p].mean():.2f}"
+            for p in LEARNERS.values()
+            if (t.probe[m] == p).any()
+        )
+        print(
+            f"dev CV [{name}] max-labels {k}, largest anchor: MAE {e.mean():.4f} vs pow3 "
+            f"{e3.mean():.4f} ({e.mean() / e3.mean():.2f}; per probe {per}); all anchors "
+            f"{np.abs(oof - t.y)[t.k == k].mean():.4f} vs "
+            f"{np.abs(pow3 - t.y)[t.k == k].mean():.4f}",
+            file=sys.stderr,
+        )
 
 
 def main() -> None:
@@ -355,8 +692,15 @@ def main() -> None:
     p.add_argument("--level", type=float, default=0.9)
     p.add_argument("--digits", default=str(REPO / "out" / "demo" / "results.parquet"))
     p.add_argument("--timing-curves", type=int, default=10_000)
-    p.add_argument("--calibrate", action="store_true", help="Learn constants on the dev ids.")
-    p.add_argument("--write", action="store_true", help="With --calibrate: into predict.py.")
+    p.add_argument("--calibrate", action="store_true", help="Learn the calibration (dev ids).")
+    p.add_argument("--write", action="store_true", help="With --calibrate: into the package.")
+    p.add_argument("--ridge", type=float, default=1e-3, help="With --calibrate: ridge penalty.")
+    p.add_argument(
+        "--cv-only",
+        action="store_true",
+        help="With --calibrate: reuse the last calibration's folds from the cache (the labels "
+        "quantile and the cross-validated benchmark only).",
+    )
     p.add_argument("--on", choices=["heldout", "dev"], default="heldout")
     args = p.parse_args()
     if args.config:
@@ -368,13 +712,24 @@ def main() -> None:
     df = lcdb_curves()
     dev, held = split(df, Path(args.dev_ids))
     if args.calibrate:
-        source = calibrate(dev, CALIBRATION_KS)
-        print(source, end="")
+        from dataclasses import replace
+
+        if args.cv_only:
+            cal, fold_cals, fold_of = load_folds()
+        else:
+            cal, fold_cals, fold_of = calibrate(dev, CALIBRATION_KS, ridge=args.ridge)
+            save_folds(cal, fold_cals, fold_of)
+        ks = tuple(float(k) for k in str(args.max_labels).split(","))
+        q = choose_labels_quantile(dev, fold_cals, fold_of, ks, args.level)
+        cal = replace(cal, labels_quantile=q)
+        fold_cals = [replace(c, labels_quantile=q) for c in fold_cals]
         if args.write:
-            write_constants(source)
+            cal.write()
+        for k in ks:
+            cross_validated_benchmark(dev, fold_cals, fold_of, k, args.level)
         return
     data = held if args.on == "heldout" else dev
-    which = "held-out" if args.on == "heldout" else "dev"
+    which = "held-out" if args.on == "heldout" else "dev (the calibration's own curves)"
     name = f"LCDB {which} ({data['openmlid'].nunique()} data sets)"
     for k in str(args.max_labels).split(","):
         run_benchmark(data, float(k), args.level, name)

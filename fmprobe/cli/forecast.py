@@ -18,6 +18,12 @@ from fmprobe.cli.common import config_option, friendly, json_option
     help="Columns naming a curve (default: feature,task,probe,sampler for a sweep results "
     "table, every string column otherwise).",
 )
+@click.option(
+    "--train-metric",
+    default=None,
+    help="Column of the score on the training labels (default: train_<metric> when the table "
+    "has it; none: no training curve).",
+)
 @click.option("--at", default=None, help="Extra label counts to forecast, e.g. 500,5000.")
 @click.option(
     "--level", default=0.9, show_default=True, type=float, help="Probability of lower..upper."
@@ -45,37 +51,19 @@ def forecast(**opts: Any) -> None:
       fmprobe forecast curves.parquet --benchmark --max-labels 64
     """
     from fmprobe.forecast import forecast as run_forecast
-    from fmprobe.forecast import forecast_benchmark
 
     as_json, plot, benchmark = opts.pop("as_json"), opts.pop("plot"), opts.pop("benchmark")
     if benchmark:
-        for unused in ("at", "target"):
-            if opts.pop(unused) is not None:
-                click.echo(f"warning: --{unused} is ignored with --benchmark", err=True)
-        if opts["max_labels"] is None:
-            opts["max_labels"] = 64.0
-        b = forecast_benchmark(**opts)
-        click.echo(
-            f"forecast benchmark: {b.curves_used} curves scored in {b.seconds:.1f} s; "
-            f"skipped {b.curves_skipped or 'none'}",
-            err=True,
-        )
-        if as_json:
-            click.echo(b.summary.to_json(orient="records"))
-        else:
-            for horizon, t in b.summary.groupby("horizon", sort=False):
-                click.echo(f"horizon {horizon}:")
-                click.echo(_fmt(t.drop(columns=["horizon"]).dropna(axis=1, how="all")))
+        _benchmark(opts, as_json)
         return
     r = run_forecast(**opts)
-    failed = r.curves[~r.curves["status"].isin(["ok", "ok_nan_dropped"])]
+    fitted = r.curves["status"].str.startswith("ok")
     click.echo(
-        f"forecast: {len(r.curves) - len(failed)} of {len(r.curves)} curves fitted in "
-        f"{r.seconds:.1f} s" + (f"; wrote {opts['out']}" if opts["out"] else ""),
+        f"forecast: {int(fitted.sum())} of {len(r.curves)} curves fitted in {r.seconds:.1f} s"
+        + (f"; wrote {opts['out']}" if opts["out"] else ""),
         err=True,
     )
-    for status, k in failed["status"].value_counts().items():
-        click.echo(f"warning: {k} curve(s) not forecast: {status}", err=True)
+    _warn_statuses(r.curves)
     if plot:
         from fmprobe.forecast.plots import plot_forecasts
 
@@ -85,6 +73,45 @@ def forecast(**opts: Any) -> None:
         click.echo(r.table.to_json(orient="records"))
     elif not opts["out"]:
         click.echo(_fmt(r.table))
+
+
+def _benchmark(opts: dict[str, Any], as_json: bool) -> None:
+    from fmprobe.forecast import forecast_benchmark
+
+    for unused in ("at", "target"):
+        if opts.pop(unused) is not None:
+            click.echo(f"warning: --{unused} is ignored with --benchmark", err=True)
+    opts["max_labels"] = 64.0 if opts["max_labels"] is None else opts["max_labels"]
+    b = forecast_benchmark(**opts)
+    click.echo(
+        f"forecast benchmark: {b.curves_used} curves scored in {b.seconds:.1f} s; "
+        f"skipped {b.curves_skipped or 'none'}",
+        err=True,
+    )
+    if as_json:
+        click.echo(b.summary.to_json(orient="records"))
+        return
+    for (probe, horizon), t in b.summary.groupby(["probe", "horizon"], sort=False):
+        click.echo(f"probe {probe}, horizon {horizon}:")
+        click.echo(_fmt(t.drop(columns=["probe", "horizon"]).dropna(axis=1, how="all")))
+
+
+def _warn_statuses(curves: Any) -> None:
+    status = curves["status"].astype(str)
+    for s, k in status[~status.str.startswith("ok")].value_counts().items():
+        click.echo(f"warning: {k} curve(s) not forecast: {s}", err=True)
+    unknown = status.str.endswith("_unknown_probe")
+    if unknown.any():
+        names = ""
+        if "probe" in curves.columns:
+            names = (
+                " (" + ", ".join(sorted(curves.loc[unknown, "probe"].astype(str).unique())) + ")"
+            )
+        click.echo(
+            f"warning: {int(unknown.sum())} curve(s) of a probe not known{names} use the pooled "
+            "model (status *_unknown_probe)",
+            err=True,
+        )
 
 
 def _fmt(table: Any) -> str:

@@ -47,6 +47,28 @@ def default_by(df: pd.DataFrame) -> tuple[str, ...]:
     )
 
 
+def resolve_train_metric(df: pd.DataFrame, *, metric: str, train_metric: str | None) -> str | None:
+    """The training-curve column: ``train_metric`` as given (``"none"`` or ``""``: no
+    training curve), by default ``train_<metric>`` when the table has it."""
+    if train_metric is None:
+        default = f"train_{metric}"
+        return default if default in df.columns else None
+    name = train_metric.strip()
+    if name.lower() in ("", "none"):
+        return None
+    cols = [str(c) for c in df.columns]
+    if name not in df.columns:
+        raise UsageError(
+            f"--train-metric {name!r} is not a column of the curves table"
+            f"{did_you_mean(name, cols)}; pass none to forecast without the training curve"
+        )
+    if name in (metric, "n"):
+        raise UsageError(f"--train-metric {name!r} is the metric or the label count itself")
+    if not _numeric(df[name]):
+        raise UsageError(f"--train-metric {name!r} is not numeric (dtype {df[name].dtype})")
+    return name
+
+
 def check_columns(df: pd.DataFrame, *, metric: str, by: tuple[str, ...]) -> None:
     """One-line errors for a missing ``n``, metric or ``--by`` column."""
     cols = [str(c) for c in df.columns]
@@ -91,11 +113,15 @@ class Curves:
     observed : DataFrame
         Columns ``_curve`` (row of ``keys``), ``n``, ``observed`` (mean), ``k`` (seeds), ``var``.
     data : CurveData
-        The fit points (n <= max_labels) of the fittable curves, in ``fit_index`` order.
+        The fit points (n <= max_labels) of the fittable curves, in ``fit_index`` order, with
+        the training curve when ``train_metric`` is given.
     fit_index : ndarray of int
         Curve numbers of the rows of ``data``.
     fit_max_n : ndarray, shape (C,)
         Largest n used for fitting (NaN when not fitted).
+    probe : ndarray of str, shape (C,)
+        The curve's value of the ``probe`` column (``""`` without one, ``"mixed"`` when the
+        curve holds several probes).
     """
 
     keys: pd.DataFrame
@@ -104,14 +130,33 @@ class Curves:
     data: CurveData
     fit_index: np.ndarray
     fit_max_n: np.ndarray
+    probe: np.ndarray
 
 
 def build_curves(
-    df: pd.DataFrame, *, metric: str, by: tuple[str, ...], max_labels: float | None
+    df: pd.DataFrame,
+    *,
+    metric: str,
+    by: tuple[str, ...],
+    max_labels: float | None,
+    train_metric: str | None = None,
 ) -> Curves:
-    """Group ``df`` into curves, give each a status and pad the fittable ones into arrays."""
+    """Group ``df`` into curves, give each a status and pad the fittable ones into arrays.
+
+    ``train_metric`` names the column of the same score on the training labels: its mean per
+    (curve, n), over the rows whose metric is known, becomes ``data.train`` and the column
+    ``train`` of ``observed``.
+    """
     work = pd.DataFrame({"n": pd.to_numeric(df["n"], errors="coerce").astype(float)})
     work["y"] = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    if train_metric is not None:
+        t = pd.to_numeric(df[train_metric], errors="coerce").astype(float).to_numpy()
+        if ((t < 0) | (t > 1)).any():
+            raise UsageError(
+                f"--train-metric {train_metric!r} has values outside [0, 1]; it must be the "
+                f"score --metric {metric!r} measured on the training labels"
+            )
+        work["t"] = t
     if by:
         keys_df = df[list(by)].astype(object).where(df[list(by)].notna(), "")
         codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys_df), sort=False)
@@ -122,16 +167,23 @@ def build_curves(
     work["_curve"] = codes
     C = len(keys)
     status = np.full(C, "ok", dtype=object)
-    grouped = work.groupby("_curve")
-    has_nan = grouped["y"].apply(lambda s: bool(s.isna().any())).reindex(range(C), fill_value=False)
-    bad_n = grouped["n"].apply(lambda s: bool((s.isna() | (s <= 0)).any()))
-    bad_n = bad_n.reindex(range(C), fill_value=False)
-    clean = work[np.isfinite(work["y"]) & np.isfinite(work["n"]) & (work["n"] > 0)]
-    out_of_range = clean.groupby("_curve")["y"].apply(lambda s: bool(((s < 0) | (s > 1)).any()))
-    out_of_range = out_of_range.reindex(range(C), fill_value=False)
+
+    def per_curve(flag: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Whether any row of each curve has ``flag``."""
+        code = codes if rows is None else codes[rows]
+        return np.bincount(code[flag], minlength=C) > 0
+
+    y, n = work["y"].to_numpy(), work["n"].to_numpy()
+    has_nan = per_curve(np.isnan(y))
+    bad_n = per_curve(np.isnan(n) | (n <= 0))
+    good = np.isfinite(y) & np.isfinite(n) & (n > 0)
+    clean = work[good]
+    out_of_range = per_curve((y[good] < 0) | (y[good] > 1), good)
 
     agg = clean.groupby(["_curve", "n"])["y"].agg(["mean", "var", "count"]).reset_index()
     observed = agg.rename(columns={"mean": "observed", "count": "k"})
+    if train_metric is not None:
+        observed["train"] = clean.groupby(["_curve", "n"])["t"].mean().to_numpy()
     fit_pts = observed if max_labels is None else observed[observed["n"] <= max_labels]
     per = fit_pts.groupby("_curve")
     distinct = per["n"].size().reindex(range(C), fill_value=0).to_numpy()
@@ -160,16 +212,31 @@ def build_curves(
         data=data,
         fit_index=fit_index,
         fit_max_n=fit_max_n,
+        probe=_curve_probes(df, codes, C),
     )
+
+
+def _curve_probes(df: pd.DataFrame, codes: np.ndarray, C: int) -> np.ndarray:
+    """Each curve's probe name: its one value of the ``probe`` column, else "" or "mixed"."""
+    out = np.full(C, "", dtype=object)
+    if "probe" not in df.columns:
+        return out.astype(str)
+    names = pd.DataFrame({"_curve": codes, "probe": df["probe"].astype(object)}).dropna()
+    per = names.groupby("_curve")["probe"].agg(["nunique", "first"])
+    one = per["nunique"] == 1
+    out[per.index[one].to_numpy()] = per.loc[one, "first"].astype(str).to_numpy()
+    out[per.index[~one].to_numpy()] = "mixed"
+    return out.astype(str)
 
 
 def _pad(fp: pd.DataFrame, fit_index: np.ndarray) -> CurveData:
     """Padded (C, P) arrays of n, mean, weight ``k/σ²`` (σ² floored; equal weights when a
     curve has one seed per n) and seed standard deviation (NaN with one seed)."""
     C = len(fit_index)
+    has_train = "train" in fp.columns
     if C == 0:
         z = np.zeros((0, 3))
-        return CurveData(n=z, y=z, w=z, sd=z)
+        return CurveData(n=z, y=z, w=z, sd=z, train=z if has_train else None)
     fp = fp.sort_values(["_curve", "n"])
     row = np.searchsorted(fit_index, fp["_curve"].to_numpy())
     pos = fp.groupby("_curve").cumcount().to_numpy()
@@ -200,11 +267,13 @@ def _pad(fp: pd.DataFrame, fit_index: np.ndarray) -> CurveData:
     w = w / w.max(axis=1, keepdims=True)
     sd = np.full((C, P), np.nan)
     sd[row, pos] = np.sqrt(np.where(k > 1, var, np.nan))
+    train = np.full((C, P), np.nan)
+    if has_train:
+        train[row, pos] = fp["train"].to_numpy(dtype=float)
     counts = filled.sum(axis=1)
     last = counts - 1
     for j in range(P):
         pad = j > last
-        n[pad, j] = n[pad, last[pad]]
-        y[pad, j] = y[pad, last[pad]]
-        sd[pad, j] = sd[pad, last[pad]]
-    return CurveData(n=n, y=y, w=w, sd=sd)
+        for a in (n, y, sd, train):
+            a[pad, j] = a[pad, last[pad]]
+    return CurveData(n=n, y=y, w=w, sd=sd, train=train if has_train else None)

@@ -40,17 +40,22 @@ class CurveData:
         Weight of each mean (``k_n / σ²_n``); 0 marks padding or a left-out point.
     sd : ndarray, shape (C, P), optional
         Seed-level standard deviation of the scores at each n (NaN where unknown: one seed).
+    train : ndarray, shape (C, P), optional
+        Mean training-set score at each n (the same metric on the n training labels; NaN where
+        unknown).
     """
 
     n: np.ndarray
     y: np.ndarray
     w: np.ndarray
     sd: np.ndarray | None = None
+    train: np.ndarray | None = None
 
     def rows(self, keep: np.ndarray) -> CurveData:
         """The curves selected by ``keep`` (a boolean mask or row indices)."""
         sd = None if self.sd is None else self.sd[keep]
-        return CurveData(n=self.n[keep], y=self.y[keep], w=self.w[keep], sd=sd)
+        train = None if self.train is None else self.train[keep]
+        return CurveData(n=self.n[keep], y=self.y[keep], w=self.w[keep], sd=sd, train=train)
 
     @property
     def best(self) -> np.ndarray:
@@ -95,12 +100,16 @@ def _solve(
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         u = -fam.basis(n[:, None, :], th)
     u = np.where(np.isfinite(u), u, 0.0)
-    wb, yb = w[:, None, :], y[:, None, :]
-    sw = wb.sum(axis=2)
-    su = (wb * u).sum(axis=2)
-    sy = (wb * yb).sum(axis=2)
-    suu = (wb * u * u).sum(axis=2)
-    suy = (wb * u * yb).sum(axis=2)
+    u = np.broadcast_to(u, (n.shape[0], u.shape[1], n.shape[1]))
+    # the weighted moments of (1, u, y): every candidate's SSE follows from them in closed
+    # form, so the (curves x candidates x points) arrays are read three times, not ten
+    wu = w[:, None, :] * u
+    sw = np.broadcast_to(w.sum(axis=1)[:, None], wu.shape[:2])
+    sy = np.broadcast_to((w * y).sum(axis=1)[:, None], wu.shape[:2])
+    syy = (w * y * y).sum(axis=1)[:, None]
+    su = wu.sum(axis=2)
+    suu = np.einsum("cgp,cgp->cg", wu, u)
+    suy = np.einsum("cgp,cp->cg", wu, y)
     lo2, hi2 = lo[:, None], hi[:, None]
     det = sw * suu - su * su
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -121,8 +130,10 @@ def _solve(
     for c, a, ok in cands:
         c = np.where(ok, c, 0.0)
         a = np.where(ok, a, 0.0)
-        r = yb - (c[..., None] + a[..., None] * u)
-        sse = np.where(ok, (wb * r * r).sum(axis=2), np.inf)
+        # Σ w (y - c - a·u)², expanded; a candidate whose terms overflow is no candidate
+        with np.errstate(over="ignore", invalid="ignore"):
+            sse = syy - 2 * c * sy - 2 * a * suy + c * c * sw + 2 * c * a * su + a * a * suu
+        sse = np.where(ok & np.isfinite(sse), np.maximum(sse, 0.0), np.inf)
         better = sse < best_s
         best_c = np.where(better, c, best_c)
         best_a = np.where(better, a, best_a)

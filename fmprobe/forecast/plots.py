@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fmprobe.forecast.api import ForecastResult, _parse_floats
+from fmprobe.forecast.api import ForecastResult, parse_floats
 
 
 def plot_curve(result: ForecastResult, curve: int, *, ax: Any = None, target: Any = None) -> Any:
@@ -24,7 +24,7 @@ def plot_curve(result: ForecastResult, curve: int, *, ax: Any = None, target: An
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    keys = result.curves.drop(columns=["status", "fit_max_n"]).iloc[curve]
+    keys = result.curves[list(result.by)].iloc[curve]
     mask = np.ones(len(result.table), dtype=bool)
     for col, val in keys.items():
         mask &= (result.table[col] == val).to_numpy()
@@ -55,7 +55,7 @@ def plot_curve(result: ForecastResult, curve: int, *, ax: Any = None, target: An
         ax.fill_between(grid[0], q[0], q[1], color="C0", alpha=0.15, label="90% band")
         ax.plot(grid[0], point, color="C0", lw=2.5, label="forecast")
         ax.axvline(fit_max, color="grey", ls=":", lw=1)
-    for tv in _parse_floats(target, "--target"):
+    for tv in parse_floats(target, "--target"):
         ax.axhline(tv, color="red", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("labels n")
@@ -78,7 +78,7 @@ def plot_forecasts(result: ForecastResult, *, folder: str | Path, target: Any = 
     paths = []
     for c in range(len(result.curves)):
         ax = plot_curve(result, c, target=target)
-        name = "_".join(str(v) for v in result.curves.iloc[c].drop(["status", "fit_max_n"]))
+        name = "_".join(str(v) for v in result.curves[list(result.by)].iloc[c])
         path = out / (re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] + f"_{c}.png")
         ax.figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(ax.figure)
