@@ -412,3 +412,23 @@ def test_fuzzed_command_lines_fail_cleanly(tmp_path_factory: pytest.TempPathFact
     t0 = time.perf_counter()
     one()
     assert counter[0] >= 40 and time.perf_counter() - t0 < 900
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "words"),
+    [
+        ("10,nan\n20,nan\n40,nan\n", [], "too_few_points"),
+        ("0,0.6\n0,0.7\n0,0.8\n", [], "nonpositive_n"),
+        ("10,0.6\n20,0.7\n40,0.75\n", ["--plot", "FILE"], "is a file"),
+        ("10,0.6\n20,0.7\n40,0.75\n", ["--out", "DIR/x.txt"], ".csv or .parquet"),
+    ],
+)
+def test_forecast_bad_inputs_are_one_line(
+    tmp_path: Path, rows: str, extra: list[str], words: str
+) -> None:
+    (tmp_path / "c.csv").write_text("n,auroc,model\n" + rows.replace("\n", ",a\n"))
+    (tmp_path / "FILE").write_text("")
+    extra = [e.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path)) for e in extra]
+    res = run_cli("forecast", str(tmp_path / "c.csv"), *extra)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("fmprobe: error")]
+    assert res.exit_code == 2 and len(errors) == 1 and words in errors[0], res.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fmprobe import tables
 from fmprobe.errors import UsageError
 from fmprobe.forecast.curves import (
     Curves,
@@ -383,27 +383,15 @@ def _wide_labels(labels: pd.DataFrame, targets: tuple[float, ...]) -> pd.DataFra
 
 
 def check_out(out: str | Path | None) -> None:
+    """``--out``: a .csv or .parquet path or URL."""
     if out is None:
         return
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if not str(out).lower().endswith((".csv", ".parquet", ".pq")):
         raise UsageError(f"--out {str(out)!r}: use a .csv or .parquet file name")
-    parent = Path(out).parent
-    if not parent.exists():
-        raise UsageError(f"--out {str(out)!r}: folder {str(parent)!r} does not exist")
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> None:
-    """Write a table as CSV or Parquet by the suffix of ``out``, through a temporary file in
-    the same folder renamed into place."""
+    """Write a table as CSV or Parquet by the suffix of ``out`` (a path or a URL), atomically
+    (``fmprobe.tables``)."""
     check_out(out)
-    path = Path(out)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix.lower() == ".csv":
-            table.to_csv(tmp, index=False)
-        else:
-            table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tables.write_table(table, out, what="--out")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fmprobe import tables
 from fmprobe.errors import UsageError, did_you_mean
 from fmprobe.forecast.fit import CurveData
 
@@ -17,22 +18,10 @@ OK_STATUSES = ("ok", "ok_nan_dropped")
 
 
 def read_table(curves: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """A DataFrame as is, or a CSV / Parquet file by its suffix."""
+    """A DataFrame as is, or a CSV / Parquet file (a path or a URL) by its suffix."""
     if isinstance(curves, pd.DataFrame):
         return curves
-    path = Path(curves)
-    if not path.is_file():
-        raise UsageError(f"curves table {str(path)!r} does not exist; pass a CSV or Parquet file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".txt"):
-            return pd.read_csv(path)
-    except Exception as exc:  # the readers raise many types for a damaged file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"curves table {str(path)!r} cannot be read ({first})") from None
-    raise UsageError(f"curves table {str(path)!r}: unknown suffix {suffix!r}; use .csv or .parquet")
+    return tables.read_table(curves, what="curves table")
 
 
 def default_by(df: pd.DataFrame) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fmprobe.errors import UsageError
 from fmprobe.forecast.api import ForecastResult, parse_floats
 
 
@@ -74,6 +75,8 @@ def plot_forecasts(result: ForecastResult, *, folder: str | Path, target: Any = 
     import matplotlib.pyplot as plt
 
     out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--plot {str(out)!r} is a file; pass a folder for the PNG files")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in range(len(result.curves)):
