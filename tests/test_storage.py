@@ -234,3 +234,25 @@ def test_storage_failures_are_one_line(s3: str, where: str, words: str) -> None:
         res = run_cli(*args)
         assert res.exit_code == 2 and words in res.stderr, res.stderr
         assert res.stderr.count("\n") == 1, res.stderr
+
+
+def test_forecast_and_report_on_s3_equal_the_local_run(s3: str, tmp_path: Path) -> None:
+    from fmprobe.forecast import forecast
+    from fmprobe.report import report
+    from fmprobe.storage import read_text
+
+    local = _feature_store(tmp_path, tmp_path)
+    remote = _feature_store(f"{s3}/fr", tmp_path)
+    kw = dict(SWEEP, n="10,20,40,80,all", save_predictions=True)
+    sweep(store=local, out=str(tmp_path / "r.parquet"), **kw)  # type: ignore[arg-type]
+    sweep(store=remote, out=f"{s3}/fr/r.parquet", **kw)  # type: ignore[arg-type]
+    forecast(curves=str(tmp_path / "r.parquet"), max_labels=40, target=0.9,
+             out=str(tmp_path / "f.parquet"))  # fmt: skip
+    forecast(curves=f"{s3}/fr/r.parquet", max_labels=40, target=0.9, out=f"{s3}/fr/f.parquet")
+    from fmprobe.storage import read_parquet
+
+    pd.testing.assert_frame_equal(read_parquet(f"{s3}/fr/f.parquet"),
+                                  pd.read_parquet(tmp_path / "f.parquet"))  # fmt: skip
+    r = report(results=f"{s3}/fr/r.parquet", forecast=f"{s3}/fr/f.parquet", out=f"{s3}/fr/rep")
+    page = read_text(r.index)
+    assert r.index == f"{s3}/fr/rep/index.html" and "<svg" in page and "Compare" in page
