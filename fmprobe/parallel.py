@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from fmprobe.errors import UsageError
+from fmprobe.errors import FmprobeError, UsageError
 
 
 @contextlib.contextmanager
@@ -53,3 +53,47 @@ def fault_hook_for_tests() -> None:
             return
         os.close(fd)
         os._exit(1)
+
+
+def run_groups_on_ray(
+    job: Any,
+    groups: Sequence[Sequence[Any]],
+    run: Callable[[Any, list[Any]], int],
+    *,
+    address: str | None,
+    progress: Callable[[int], Any] | None = None,
+    weight: Callable[[Sequence[Any]], int] = len,
+    num_cpus: int | None = None,
+) -> int:
+    """Run each group of work units as one Ray task, ``run(job, group)``, and sum what they
+    return. A task takes one GPU when the cluster has GPUs (``job.device`` becomes ``cuda``),
+    else one CPU (a CUDA device of the driver becomes ``cpu``: it is not the workers'); Ray
+    retries a task whose worker died; a task that fails for good is one line (finished units
+    are kept). ``job`` is a dataclass with a ``device`` field; ``progress`` gets
+    ``weight(group)`` for each finished group."""
+    import dataclasses
+
+    if not groups:
+        return 0
+    with ray_session(address, num_cpus=num_cpus) as ray:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        device = "cuda" if gpus else ("cpu" if job.device.startswith("cuda") else job.device)
+        job = dataclasses.replace(job, device=device)
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_retries=3)(
+            run
+        )
+        pending = {remote.remote(job, list(g)): g for g in groups}
+        total = 0
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            g = pending.pop(done[0])
+            try:
+                total += int(ray.get(done[0]))
+            except ray.exceptions.RayError as exc:
+                raise FmprobeError(
+                    f"a Ray task failed ({type(exc).__name__}); finished units are kept, rerun "
+                    "the same command to resume"
+                ) from exc
+            if progress is not None:
+                progress(weight(g))
+        return total

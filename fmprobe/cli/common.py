@@ -146,3 +146,30 @@ storage_option = click.option(
     help="JSON options of the fsspec filesystem of s3://, gs://, ... paths (credentials and "
     "endpoints also come from the usual environment, e.g. AWS_ENDPOINT_URL).",
 )
+
+
+def split_options(func: F) -> F:
+    """The test split of a sweep and of a fine-tune on the same data (the same options, the
+    same meaning: ``fmprobe.sweep.splits.sweep_split``)."""
+    for option in reversed([
+        click.option("--split-col", default=None,
+                     help="Column with values train/test (val: neither side)."),
+        click.option("--test-frac", default=0.25, show_default=True, type=float),
+        click.option("--group-col", default=None,
+                     help="Group (patient) column: no group on both sides."),
+        click.option("--split-seed", default=0, show_default=True, type=int),
+        click.option("--test-where", default=None,
+                     help="COL=VALUE: test on that domain, train on the rest (out-of-domain)."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
+class RunOrMergeGroup(click.Group):
+    """A command whose own options come without a subcommand (``fmprobe sweep [OPTIONS]``),
+    with ``merge`` as its only subcommand (``fmprobe sweep merge ...``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            raise click.UsageError(f"unknown subcommand {args[0]!r}; did you mean merge?")
+        return super().parse_args(ctx, args)

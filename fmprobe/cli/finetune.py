@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from fmprobe.cli.common import (
+    RunOrMergeGroup,
     config_option,
     device_option,
     engine_options,
@@ -16,21 +17,12 @@ from fmprobe.cli.common import (
     json_option,
     parse_json_object,
     quiet_option,
+    split_options,
 )
 from fmprobe.errors import UsageError
 
 
-class _FinetuneGroup(click.Group):
-    """``fmprobe finetune [OPTIONS]`` trains; ``fmprobe finetune merge ...`` merges shards."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        # the command's own options come without a subcommand: only `merge` is one
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            raise click.UsageError(f"unknown subcommand {args[0]!r}; did you mean merge?")
-        return super().parse_args(ctx, args)
-
-
-@click.group("finetune", cls=_FinetuneGroup, invoke_without_command=True)
+@click.group("finetune", cls=RunOrMergeGroup, invoke_without_command=True)
 @click.option(
     "--data",
     default=None,
@@ -103,13 +95,7 @@ class _FinetuneGroup(click.Group):
     show_default=True,
     help="random (stratified, nested across n): the sweep's subsets.",
 )
-@click.option("--split-col", default=None, help="Column with values train/test.")
-@click.option("--test-frac", default=0.25, show_default=True, type=float)
-@click.option("--group-col", default=None, help="Group (patient) column: no group on both sides.")
-@click.option("--split-seed", default=0, show_default=True, type=int)
-@click.option(
-    "--test-where", default=None, help="COL=VALUE: test on that domain, train on the rest."
-)
+@split_options
 @click.option("--epochs", default=10, show_default=True, type=int)
 @click.option(
     "--min-steps",

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from fmprobe.cli.common import (
+    RunOrMergeGroup,
     config_option,
     device_option,
     engine_options,
@@ -15,22 +16,13 @@ from fmprobe.cli.common import (
     json_option,
     parse_json_object,
     quiet_option,
+    split_options,
     storage_option,
 )
 from fmprobe.errors import UsageError
 
 
-class _SweepGroup(click.Group):
-    """``fmprobe sweep [OPTIONS]`` runs a sweep; ``fmprobe sweep merge ...`` merges shards."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        # a sweep's own options come without a subcommand: only `merge` is one
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            raise click.UsageError(f"unknown subcommand {args[0]!r}; did you mean merge?")
-        return super().parse_args(ctx, args)
-
-
-@click.group("sweep", cls=_SweepGroup, invoke_without_command=True)
+@click.group("sweep", cls=RunOrMergeGroup, invoke_without_command=True)
 @click.option("--store", default=None, help="The feature store (required).")
 @click.option(
     "--out", default=None, help="The results table (Parquet); <out>.parts/ is the resume ledger."
@@ -89,15 +81,7 @@ class _SweepGroup(click.Group):
     help='attnpool settings (AttnPoolConfig) as JSON, e.g. \'{"epochs": 25, "width": 256}\'.',
 )
 @click.option("--knn-k", default="1,5,20", show_default=True, help="k values of the kNN probe.")
-@click.option("--split-col", default=None, help="Column with values train/test.")
-@click.option("--test-frac", default=0.25, show_default=True, type=float)
-@click.option("--group-col", default=None, help="Group (patient) column: no group on both sides.")
-@click.option("--split-seed", default=0, show_default=True, type=int)
-@click.option(
-    "--test-where",
-    default=None,
-    help="COL=VALUE: test on that domain, train on the rest (out-of-domain evaluation).",
-)
+@split_options
 @click.option(
     "--uncertain",
     default=None,

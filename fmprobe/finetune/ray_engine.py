@@ -8,15 +8,13 @@ either engine) skips every unit already on disk.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
-from fmprobe.errors import FmprobeError
 from fmprobe.finetune.plan import FinetuneUnit
 from fmprobe.finetune.units import FinetuneJob, execute_units
-from fmprobe.parallel import ray_session
+from fmprobe.parallel import run_groups_on_ray
 
 
 def _groups(units: Sequence[FinetuneUnit], max_units: int) -> list[list[FinetuneUnit]]:
@@ -42,31 +40,7 @@ def run_on_ray(
 ) -> int:
     """Run ``units`` on a Ray cluster (``address``: an existing cluster, e.g. ``auto``; None
     starts a local one). Returns the number of models trained."""
-    if not units:
-        return 0
-    with ray_session(address, num_cpus=num_cpus) as ray:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        device = job.device
-        if gpus:
-            device = "cuda"
-        elif device.startswith("cuda"):
-            device = "cpu"  # the driver's GPU is not the workers'
-        job = dataclasses.replace(job, device=device)
-        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_retries=3)(
-            _run_group
-        )
-        pending = {remote.remote(job, g): g for g in _groups(units, max_units_per_task)}
-        trained = 0
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            g = pending.pop(done[0])
-            try:
-                trained += int(ray.get(done[0]))
-            except ray.exceptions.RayError as exc:
-                raise FmprobeError(
-                    f"a Ray task failed ({type(exc).__name__}); finished units are kept, rerun "
-                    "the same command to resume"
-                ) from exc
-            if progress is not None:
-                progress(len(g))
-        return trained
+    return run_groups_on_ray(
+        job, _groups(units, max_units_per_task), _run_group, address=address, progress=progress,
+        weight=lambda g: len(g), num_cpus=num_cpus,
+    )  # fmt: skip

@@ -44,7 +44,13 @@ from fmprobe.parallel import fault_hook_for_tests
 from fmprobe.probes.batch import training_metrics
 from fmprobe.probes.metrics import classification_metrics
 from fmprobe.sweep.plan import n_status
-from fmprobe.sweep.results import Provenance, unit_frame, write_part, write_predictions
+from fmprobe.sweep.results import (
+    Provenance,
+    split_text,
+    unit_frame,
+    write_part,
+    write_predictions,
+)
 
 
 @dataclass(frozen=True)
@@ -79,13 +85,7 @@ class FinetuneJob:
 
 def provenance(cfg: FinetuneConfig) -> Provenance:
     """The provenance columns of a fine-tune's rows (as ``Provenance.of`` gives a sweep's)."""
-    split = (
-        f"where:{cfg.test_where}"
-        if cfg.test_where
-        else f"col:{cfg.split_col}"
-        if cfg.split_col
-        else f"frac:{cfg.test_frac}"
-    )
+    split = split_text(test_where=cfg.test_where, split_col=cfg.split_col, test_frac=cfg.test_frac)
     return Provenance(split=split, group_col=cfg.group_col or "", split_seed=cfg.split_seed,
                       standardize=False, l2_normalize=False,
                       store_fingerprint=cfg.data_fingerprint)  # fmt: skip

@@ -9,13 +9,11 @@ the cluster has GPUs, else one CPU.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
-from fmprobe.errors import FmprobeError
-from fmprobe.parallel import ray_session
+from fmprobe.parallel import run_groups_on_ray
 from fmprobe.sweep.plan import Unit, unit_probes
 from fmprobe.sweep.units import SweepJob, execute_units
 
@@ -43,35 +41,7 @@ def run_on_ray(
 ) -> int:
     """Run ``units`` on a Ray cluster (``address``: an existing cluster, e.g. ``ray://host:10001``
     or ``auto``; None starts a local one). Returns the number of probes fitted."""
-    if not units:
-        return 0
-    with ray_session(address, num_cpus=num_cpus) as ray:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        device = job.device
-        if gpus:
-            device = "cuda"
-        elif device.startswith("cuda"):
-            device = "cpu"  # the driver's GPU is not the workers'
-        job = dataclasses.replace(job, device=device)
-        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_retries=3)(
-            _run_group
-        )
-        pending = {}
-        for g in _groups(units, max_units_per_task):
-            ref = remote.remote(job, g)
-            pending[ref] = g
-        fitted = 0
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            g = pending.pop(ref)
-            try:
-                fitted += int(ray.get(ref))
-            except ray.exceptions.RayError as exc:
-                raise FmprobeError(
-                    f"a Ray task failed ({type(exc).__name__}); finished units are kept, rerun "
-                    "the same command to resume"
-                ) from exc
-            if progress is not None:
-                progress(sum(unit_probes(job.cfg, u) for u in g))
-        return fitted
+    return run_groups_on_ray(
+        job, _groups(units, max_units_per_task), _run_group, address=address, progress=progress,
+        weight=lambda g: sum(unit_probes(job.cfg, u) for u in g), num_cpus=num_cpus,
+    )  # fmt: skip

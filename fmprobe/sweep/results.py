@@ -49,6 +49,17 @@ NOT_FITTED = ("n_exceeds_pool", "n_below_classes", "k_exceeds_n")  # rows with a
 SWEEP_META_KEY = b"fmprobe_sweep"
 
 
+def split_text(*, test_where: str | None, split_col: str | None, test_frac: float) -> str:
+    """The ``split`` column: how the test split was drawn.
+
+    >>> split_text(test_where=None, split_col=None, test_frac=0.25)
+    'frac:0.25'
+    """
+    if test_where:
+        return f"where:{test_where}"
+    return f"col:{split_col}" if split_col else f"frac:{test_frac}"
+
+
 @dataclass(frozen=True)
 class Provenance:
     """The columns every result row carries about how it was computed.
@@ -78,13 +89,8 @@ class Provenance:
 
     @classmethod
     def of(cls, cfg: SweepConfig) -> Provenance:
-        split = (
-            f"where:{cfg.test_where}"
-            if cfg.test_where
-            else f"col:{cfg.split_col}"
-            if cfg.split_col
-            else f"frac:{cfg.test_frac}"
-        )
+        split = split_text(test_where=cfg.test_where, split_col=cfg.split_col,
+                           test_frac=cfg.test_frac)  # fmt: skip
         return cls(split=split, group_col=cfg.group_col or "", split_seed=cfg.split_seed,
                    standardize=cfg.standardize, l2_normalize=cfg.l2_normalize,
                    store_fingerprint=cfg.store_fingerprint, uncertain=cfg.uncertain or "",
