@@ -156,7 +156,7 @@ def test_rows_and_saved_test_sets_match_a_sweep_end_to_end(
     keys = ["task", "n", "seed", "n_test", "n_classes", "n_pos", "status", "split", "feature"]
     pd.testing.assert_frame_equal(f[keys], s[keys])
     assert set(f["probe"]) == {"linear-ft"} and (f["split"] == "where:site=b").all()
-    sp, fp = (sorted(p.glob("test-*.parquet")) for p in
+    sp, fp = (sorted(p.glob("tests/test-*.parquet")) for p in
               (tmp_path / "s.parquet.predictions", tmp_path / "f.parquet.predictions"))  # fmt: skip
     assert [p.name for p in sp] == [p.name for p in fp] and len(sp) == 2
     for a, b in zip(sp, fp, strict=True):
@@ -420,10 +420,10 @@ def test_lora_rows_compare_and_report_against_the_probe(
     both = tmp_path / "both.parquet"
     pd.concat([ref, lora], ignore_index=True).to_parquet(both)
     folder = tmp_path / "both.parquet.predictions"
-    folder.mkdir()
+    (folder / "tests").mkdir(parents=True)
     for src in (Path(str(digits["logreg"]) + ".predictions"), Path(str(out) + ".predictions")):
-        for p in src.glob("*.parquet"):
-            (folder / p.name).write_bytes(p.read_bytes())
+        for p in [*src.glob("*.parquet"), *src.glob("tests/*.parquet")]:
+            (folder / p.relative_to(src)).write_bytes(p.read_bytes())
     p = run_cli("compare", str(both), "--compare", "probe", "--a", "lora-r4", "--b", "logreg",
                 "--feature", FEATURE, "--n", "50", "--replicates", "50", "--json")  # fmt: skip
     assert p.exit_code == 0, p.stderr
