@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import check_estimator
 
 from fmprobe.probes.estimator import LogisticProbe
-from fmprobe.probes.logreg import _push_pair, batched_mv, batched_rmv, fit_logreg, lbfgs_direction
+from fmprobe.probes.logreg import batched_mv, batched_rmv, fit_logreg, lbfgs_direction, push_pair
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 
 
@@ -200,7 +200,7 @@ def test_compact_lbfgs_direction_equals_the_two_loop_recursion() -> None:
         s_vec = torch.tensor(rng.normal(size=(B, P)))
         y_vec = torch.stack([torch.tensor(H[b]) @ s_vec[b] for b in range(B)])
         good = torch.tensor([True, step % 3 != 1, step % 2 == 0])
-        S, Y, SY, YY = _push_pair(S, Y, SY, YY, s_vec, y_vec, good)
+        S, Y, SY, YY = push_pair(S, Y, SY, YY, s_vec, y_vec, good)
         for b in range(B):
             if good[b]:
                 kept[b].append((s_vec[b].numpy(), y_vec[b].numpy()))
@@ -328,7 +328,7 @@ def test_cpu_one_by_one_lbfgs_equals_sklearn_and_the_batched_solver(
     keep = np.ones((3, n), bool)
     keep[1, ::4] = False  # problem 1 leaves a quarter of its rows out
     Cs = torch.tensor([0.05, 1.0, 20.0], dtype=torch.float64)
-    assert n * D >= logreg.CPU_ONE_BY_ONE
+    assert n * D >= logreg.common.CPU_ONE_BY_ONE
     kw = dict(n_classes=K, mask=torch.tensor(keep), solver="lbfgs", tol=1e-10, max_iter=5000)
     ours = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
     assert bool(ours.converged.all())
@@ -345,7 +345,7 @@ def test_cpu_one_by_one_lbfgs_equals_sklearn_and_the_batched_solver(
     warm = fit_logreg(X, y, Cs, init=ours, **kw)  # type: ignore[arg-type]
     torch.testing.assert_close(warm.coef, ours.coef, atol=1e-6, rtol=1e-5)
     assert int(warm.n_iter.sum()) * 5 <= int(ours.n_iter.sum())  # it starts near the optimum
-    monkeypatch.setattr(logreg, "CPU_ONE_BY_ONE", 1 << 40)
+    monkeypatch.setattr(logreg.common, "CPU_ONE_BY_ONE", 1 << 40)
     batched = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
     torch.testing.assert_close(batched.coef, ours.coef, atol=2e-5, rtol=1e-4)
 
@@ -393,7 +393,7 @@ def test_kernel_newton_numpy_and_torch_paths_match_sklearn(
     kw = dict(n_classes=2, mask=torch.tensor(keep), solver="newton-kernel", tol=tol)
     fits = {}
     for path, flag in (("numpy", True), ("torch", False)):
-        monkeypatch.setattr(logreg, "CPU_NUMPY_KERNEL", flag)
+        monkeypatch.setattr(logreg.common, "CPU_NUMPY_KERNEL", flag)
         fits[path] = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
         assert bool(fits[path].converged.all())
     assert fits["numpy"].n_iter.tolist() == fits["torch"].n_iter.tolist()
@@ -408,12 +408,12 @@ def test_kernel_newton_numpy_and_torch_paths_match_sklearn(
 
 
 def test_kernel_newton_step_length_is_the_line_minimum() -> None:
-    """``_step_length`` finds the minimum of the objective along a Newton step: compared with
+    """``step_length`` finds the minimum of the objective along a Newton step: compared with
     scipy's bounded scalar minimiser on the same one-dimensional function."""
     from scipy.optimize import minimize_scalar
     from scipy.special import expit
 
-    from fmprobe.probes.logreg import _step_length
+    from fmprobe.probes.logreg import step_length
 
     rng = np.random.default_rng(5)
     n = 40
@@ -434,7 +434,7 @@ def test_kernel_newton_step_length_is_the_line_minimum() -> None:
         da, db = -da, -db
     z = K @ alpha + b
     kd = K @ da
-    t = _step_length(z[None], (kd + db)[None], kd[None], da[None], (K @ alpha)[None],
+    t = step_length(z[None], (kd + db)[None], kd[None], da[None], (K @ alpha)[None],
                      m[None], y[None], np.array([invC]), expit, iters=30)  # fmt: skip
     ref = minimize_scalar(phi, bounds=(1e-3, 64.0), method="bounded", options={"xatol": 1e-10})
     assert abs(float(t[0]) - ref.x) <= 1e-6 * max(1.0, ref.x)

@@ -310,10 +310,11 @@ def test_standardize_and_l2_normalize_equal_sklearn_pipelines(
         assert abs(row.auroc - roc_auc_score(y[split.test], s)) <= 1e-4 + slack
 
 
-def test_probes_stopped_at_max_iter_give_one_aggregated_warning(
+def test_probes_without_a_certified_optimum_give_one_aggregated_warning(
     store: Path, tmp_path: Path
 ) -> None:
-    with pytest.warns(ConvergenceWarning, match=r"\d+ of \d+ probes stopped at max_iter=2") as rec:
+    match = r"\d+ of \d+ probes have no certified optimum after max_iter=2"
+    with pytest.warns(ConvergenceWarning, match=match) as rec:
         report = sweep(store=str(store), out=str(tmp_path / "r.parquet"), features="enc_a/last/cls",
                        tasks="tissue", n="200", seeds=3, C=100.0, max_iter=2, progress=False)  # fmt: skip
     assert len(rec) == 1

@@ -36,6 +36,10 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     intercept_ : ndarray (1,) or (K,)
     n_iter_ : ndarray (1,)
     converged_ : bool
+        The optimum is certified by its float64 duality gap (torch backend).
+    gap_ : float
+        That duality gap, an upper bound of the objective's distance to its minimum (NaN for
+        the other backends).
 
     Examples
     --------
@@ -87,6 +91,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.intercept_ = fit.intercept[0].cpu().numpy() - coef @ mean
         self.n_iter_ = fit.n_iter.cpu().numpy()
         self.converged_ = bool(fit.converged[0])
+        self.gap_ = float(fit.gap[0]) if fit.gap is not None else float("nan")
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:

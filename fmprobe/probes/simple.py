@@ -32,6 +32,10 @@ def knn_scores(
     -------
     list of Tensor, one per k: (B, T) share of neighbours in class 1 for binary problems,
     else (B, T, K) share in each class. k is capped at the number of training rows.
+
+    The neighbours are those of the float64 cosine similarities, ties broken by the smaller
+    training position (``exact_top``): float32 products where they decide the neighbour set
+    beyond their rounding, float64 for the test rows where they do not.
     """
     Xn = F.normalize(X.float(), dim=-1)
     Tn = F.normalize(X_test.float(), dim=-1)
@@ -40,8 +44,7 @@ def knn_scores(
         sim = sim.masked_fill(~mask[:, None, :].bool(), float("-inf"))
     n_valid = int(mask.sum(1).min()) if mask is not None else X.shape[1]
     kmax = min(max(ks), n_valid)
-    # stable tie-break by training position, so results do not depend on the device's sort
-    top = torch.topk(sim, kmax, dim=-1, sorted=True).indices
+    top = exact_top(sim, kmax, sorted({min(k, kmax) for k in ks}), X, X_test, mask)
     labels = torch.gather(y[:, None, :].expand(-1, sim.shape[1], -1), 2, top)
     onehot = F.one_hot(labels.long(), n_classes).to(torch.float64).cumsum(2)
     out = []
@@ -50,6 +53,47 @@ def knn_scores(
         share = onehot[:, :, kk - 1, :] / kk
         out.append(share[..., 1] if n_classes == 2 else share)
     return out
+
+
+# bound of the rounding of a float32 cosine of unit vectors, per feature: the dot product's
+# accumulation (γ_D ≤ D·u for |a|·|b| ≤ 1) plus the normalisation of both vectors
+_F32_COSINE_ERR = 2.0**-24
+
+
+def exact_top(
+    sim: torch.Tensor,
+    kmax: int,
+    ks: list[int],
+    X: torch.Tensor,
+    X_test: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The ``kmax`` nearest training rows (B, T, kmax) of each test row, exact for every
+    neighbour count in ``ks``: from the float32 similarities ``sim`` (B, T, n) where the gap
+    after the k-th neighbour exceeds twice their rounding bound (so the k nearest are the same
+    set in exact arithmetic), else from float64 similarities of that test row, ordered by
+    similarity and then by training position."""
+    B, T, n = sim.shape
+    D = X.shape[-1]
+    kk = min(kmax + 1, n)
+    vals, top = torch.topk(sim, kk, dim=-1, sorted=True)
+    eps = 2 * (D + 4) * _F32_COSINE_ERR
+    close = torch.zeros(B, T, dtype=torch.bool, device=sim.device)
+    for k in ks:
+        if k < kk:
+            close |= (vals[..., k - 1] - vals[..., k]) <= eps
+    top = top[..., :kmax].clone()
+    if not bool(close.any()):
+        return top
+    Tn = F.normalize(X_test.to(torch.float64), dim=-1)
+    for b in torch.nonzero(close.any(1))[:, 0].tolist():
+        rows = torch.nonzero(close[b])[:, 0]
+        Xb = F.normalize(X[b].to(torch.float64), dim=-1)
+        s = Tn[rows] @ Xb.T
+        if mask is not None:
+            s = s.masked_fill(~mask[b].bool()[None, :], float("-inf"))
+        top[b, rows] = torch.sort(-s, dim=-1, stable=True).indices[:, :kmax]
+    return top
 
 
 def ridge_fit_predict(

@@ -37,7 +37,7 @@ from fmprobe.sweep.units import SweepJob, execute_units
 
 
 class ConvergenceWarning(UserWarning):
-    """Some probes stopped at ``max_iter`` before reaching the tolerance."""
+    """Some probes have no certified optimum (their duality gap stayed above the tolerance)."""
 
 
 @dataclass
@@ -57,7 +57,7 @@ class SweepReport:
     seconds : float
         Time of the units' loop (the whole call when nothing was left to do).
     not_converged : int
-        Probes that stopped at ``max_iter``.
+        Probes without a certified optimum (``converged`` False).
     warnings : list of str
         Aggregated warnings (also issued as ``ConvergenceWarning``).
     subgroups : str or None
@@ -156,8 +156,9 @@ def _convergence(result: pd.DataFrame, report: SweepReport, cfg: SweepConfig) ->
     report.not_converged = len(bad)
     if len(bad):
         msg = (
-            f"{len(bad)} of {int((result['status'] == 'ok').sum())} probes stopped at "
-            f"max_iter={cfg.max_iter} before tol={cfg.tol}; raise --max-iter or lower --C "
+            f"{len(bad)} of {int((result['status'] == 'ok').sum())} probes have no certified "
+            f"optimum after max_iter={cfg.max_iter}; raise --max-iter, lower --C or scale the "
+            "features (--standardize) "
             "(the `converged` column marks them)"
         )
         report.warnings.append(msg)
