@@ -31,9 +31,10 @@ demo: $(STAMP)
 	$(BIN)/fmprobe embed --data builtin:digits --model $(DEMO_MODEL) --random-init \
 		--store $(DEMO)/digits.zarr
 	$(BIN)/fmprobe store info $(DEMO)/digits.zarr
-	@echo "demo: learning curves of logistic-regression probes (5 seeds per label count):"
+	@echo "demo: learning curves of logistic-regression probes (5 seeds per label count, features z-scored on each subsample):"
 	$(BIN)/fmprobe sweep --store $(DEMO)/digits.zarr --out $(DEMO)/results.parquet \
-		--features '*/block11/*,*/block5/cls' --tasks label --n 10,20,50,100,200,all --seeds 5
+		--features '*/block11/*,*/block5/cls' --tasks label --n 10,20,50,100,200,all --seeds 5 \
+		--standardize
 	@$(PY) -c "import pandas as pd; r = pd.read_parquet('$(DEMO)/results.parquet'); \
 		t = r.pivot_table(index='n', columns='feature', values='auroc', aggfunc='mean'); \
 		t.columns = [c.split('/', 1)[1] for c in t.columns]; \

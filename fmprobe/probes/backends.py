@@ -42,12 +42,14 @@ def fit_logreg_with(
     max_iter: int = 500,
     tol: float = 1e-6,
     solver: str = "auto",
+    init: LogRegFit | None = None,
+    certify: bool = True,
 ) -> LogRegFit:
-    """``fit_logreg`` (same arguments and result) solved by ``backend`` (``solver`` is the
-    torch engine's)."""
+    """``fit_logreg`` (same arguments and result) solved by ``backend`` (``solver``, ``init``
+    and ``certify`` are the torch engine's)."""
     if backend == "torch":
         return fit_logreg(X, y, C, n_classes=n_classes, mask=mask, solver=solver,
-                          max_iter=max_iter, tol=tol)  # fmt: skip
+                          max_iter=max_iter, tol=tol, init=init, certify=certify)  # fmt: skip
     B, _, D = X.shape
     Cs = torch.as_tensor(C, dtype=torch.float64).expand(B).cpu().numpy()
     Kc = 1 if n_classes == 2 else n_classes

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from fmprobe.probes.backends import fit_logreg_with
 from fmprobe.probes.folds import fold_masks
-from fmprobe.probes.logreg import batched_mv
+from fmprobe.probes.logreg import LogRegFit, batched_mv, kernel_max_n
 from fmprobe.probes.metrics import auroc, classification_metrics, multiclass_auroc
 from fmprobe.probes.simple import knn_scores, ridge_fit_predict
 
@@ -46,6 +46,9 @@ class ProbeSettings:
         Logistic regression's iteration limit and relative gradient tolerance.
     backend : str
         Logistic-regression solver backend (``fmprobe.probes.backends``).
+    certify : bool
+        Certify each logistic regression's optimum (``fit_logreg``); the cross-validation fits
+        of ``C="auto"``, which only rank the grid, are not certified.
     """
 
     probe: str
@@ -56,6 +59,7 @@ class ProbeSettings:
     max_iter: int = 500
     tol: float = 1e-5
     backend: str = "torch"
+    certify: bool = True
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -131,6 +135,8 @@ def fit_and_score(
     settings: ProbeSettings,
     mask: torch.Tensor | None = None,
     train_scores: list[torch.Tensor] | None = None,
+    init: LogRegFit | None = None,
+    fits: list[LogRegFit] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Fit B problems (rows ``Xb`` (B, n, D), labels ``yb`` (B, n), ``mask`` (B, n) of the rows
     each problem trains on) and score ``X_eval`` ((T, D) shared, or (B, T, D) per problem).
@@ -139,7 +145,9 @@ def fit_and_score(
     (None for probes without an iterative solver). With ``train_scores`` (a list to fill),
     each variant's scores of the training rows themselves are appended to it, (B, n) or
     (B, n, K), from the same fit: resubstitution for logistic regression and ridge,
-    leave-one-out for kNN.
+    leave-one-out for kNN. Logistic regression starts from ``init`` (a warm start, on the
+    features as fitted: standardised ones with ``settings.standardize``) and appends its fit to
+    ``fits`` when given.
     """
     probe = settings.probe
     if probe == "knn":
@@ -163,8 +171,10 @@ def fit_and_score(
         return [_ridge(Xb, yb, X_eval, C, n_classes=n_classes, mask=mask, mu=mu, sd=sd)], None, None
     fit = fit_logreg_with(
         settings.backend, Xb, yb, C, n_classes=n_classes, mask=mask,
-        max_iter=settings.max_iter, tol=settings.tol,
+        max_iter=settings.max_iter, tol=settings.tol, init=init, certify=settings.certify,
     )  # fmt: skip
+    if fits is not None:
+        fits.append(fit)
     coef, intercept = fit.coef, fit.intercept
     if mu is not None and sd is not None:
         # the same linear function on raw features: w/σ, b - μ·(w/σ)
@@ -313,14 +323,33 @@ def _cv_choice(
     B, n, D = Xb.shape
     masks = np.stack([fold_masks(y_np[b], k=k, seed=seeds[b]) for b in range(B)])  # (B, k, n)
     G = len(C_GRID)
-    held = torch.as_tensor(masks, device=Xb.device)[:, :, None, :].expand(B, k, G, n).reshape(-1, n)
-    Xr = Xb[:, None, None].expand(B, k, G, n, D).reshape(-1, n, D)
-    yr = yb[:, None, None].expand(B, k, G, n).reshape(-1, n)
     grid = torch.tensor(C_GRID, dtype=torch.float64, device=Xb.device)
-    Cr = grid[None, None].expand(B, k, G).reshape(-1)
-    scores, _, _ = fit_and_score(Xr, yr, Xr, Cr, n_classes=n_classes, settings=settings,
-                                 mask=~held)  # fmt: skip
-    metric = _val_metric(scores[0], yr, held, n_classes).reshape(B, k, G)
+    cv = replace(settings, certify=False)
+    if settings.probe != "logreg" or (n_classes == 2 and n <= kernel_max_n(Xb.device)):
+        # closed form or kernel Newton: every fold and grid point in one batch
+        held = torch.as_tensor(masks, device=Xb.device)[:, :, None, :].expand(B, k, G, n)
+        held = held.reshape(-1, n)
+        Xr = Xb[:, None, None].expand(B, k, G, n, D).reshape(-1, n, D)
+        yr = yb[:, None, None].expand(B, k, G, n).reshape(-1, n)
+        Cr = grid[None, None].expand(B, k, G).reshape(-1)
+        scores, _, _ = fit_and_score(Xr, yr, Xr, Cr, n_classes=n_classes, settings=cv,
+                                     mask=~held)  # fmt: skip
+        metric = _val_metric(scores[0], yr, held, n_classes).reshape(B, k, G)
+    else:
+        # L-BFGS: the grid in increasing C, each point warm-started from the previous one's
+        # solution on the same fold (the regularisation path: far fewer iterations at large C)
+        held = torch.as_tensor(masks, device=Xb.device).reshape(-1, n)
+        Xr = Xb[:, None].expand(B, k, n, D).reshape(-1, n, D)
+        yr = yb[:, None].expand(B, k, n).reshape(-1, n)
+        metric = torch.empty(B, k, G, dtype=torch.float64, device=Xb.device)
+        prev: LogRegFit | None = None
+        for g in range(G):
+            got: list[LogRegFit] = []
+            Cg = grid[g].expand(B * k)
+            scores, _, _ = fit_and_score(Xr, yr, Xr, Cg, n_classes=n_classes, settings=cv,
+                                         mask=~held, init=prev, fits=got)  # fmt: skip
+            prev = got[0] if got else None
+            metric[:, :, g] = _val_metric(scores[0], yr, held, n_classes).reshape(B, k)
     mean = torch.nan_to_num(metric, nan=-1.0).mean(1)
     best = torch.argmax(mean, dim=1)  # first maximum: the smallest C among ties
     return grid[best]

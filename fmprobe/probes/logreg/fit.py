@@ -26,6 +26,7 @@ def fit_logreg(
     max_iter: int = 500,
     tol: float = 1e-6,
     init: LogRegFit | None = None,
+    certify: bool = True,
 ) -> LogRegFit:
     """Fit B logistic regressions at once.
 
@@ -50,6 +51,9 @@ def fit_logreg(
         (``polish``). ``converged`` is the certificate.
     init : LogRegFit, optional
         Warm start (L-BFGS only), e.g. the solution on a nested smaller subset.
+    certify : bool
+        Certify (and where needed polish) the solutions; without, ``converged`` is the first
+        solve's own stopping rule and ``gap`` is None.
 
     Examples
     --------
@@ -68,7 +72,9 @@ def fit_logreg(
     )
     fit = solve(X, y, m, Cv, n_classes=n_classes, solver=solver, max_iter=max_iter, tol=tol,
                 init=init)  # fmt: skip
-    return certify(X, y, m, Cv, fit, n_classes=n_classes, max_iter=max_iter)
+    if not certify:
+        return fit
+    return certify_fit(X, y, m, Cv, fit, n_classes=n_classes, max_iter=max_iter)
 
 
 def solve(
@@ -108,7 +114,7 @@ def solve(
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
 
 
-def certify(
+def certify_fit(
     X: torch.Tensor,
     y: torch.Tensor,
     m: torch.Tensor,
