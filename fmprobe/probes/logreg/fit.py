@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 
 import torch
 
@@ -12,7 +12,7 @@ from fmprobe.probes.logreg.common import SOLVERS, LogRegFit, kernel_max_n
 from fmprobe.probes.logreg.lbfgs import lbfgs
 from fmprobe.probes.logreg.lbfgs_cpu import lbfgs_cpu
 from fmprobe.probes.logreg.newton import newton_kernel, newton_kernel_cpu
-from fmprobe.probes.logreg.primal import PRIMAL_MAX_PARAMS, newton_primal
+from fmprobe.probes.logreg.primal import PRIMAL_FIRST_PARAMS, PRIMAL_MAX_PARAMS, newton_primal
 
 
 def fit_logreg(
@@ -126,52 +126,67 @@ def certify_fit(
 ) -> LogRegFit:
     """``fit`` with its duality gap, its intercepts at their optimum for its weights, and
     ``converged`` the certificate; problems that are not certified are polished in float64
-    first (``polish``)."""
+    first, by the solvers of ``polish_plan`` in turn, each on the problems still uncertified."""
     gap, obj, b = duality_gap(X, y, m, C, fit.coef, fit.intercept, n_classes=n_classes)
-    fit = replace(fit, intercept=b.to(fit.intercept.dtype), gap=gap)
+    coef, intercept, n_iter = fit.coef, b.to(fit.intercept.dtype), fit.n_iter
     ok = certified(gap, obj)
-    if not bool(ok.all()):
+    _, n, D = X.shape
+    for polish in polish_plan(n, D, n_classes, X.device, max_iter):
+        if bool(ok.all()):
+            break
         idx = torch.nonzero(~ok)[:, 0]
-        sub = LogRegFit(coef=fit.coef[idx], intercept=fit.intercept[idx],
-                        converged=fit.converged[idx], n_iter=fit.n_iter[idx])  # fmt: skip
-        Xs = X[idx].to(torch.float64)
-        p = polish(Xs, y[idx], m[idx], C[idx], sub, n_classes=n_classes, max_iter=max_iter)
-        g2, o2, b2 = duality_gap(Xs, y[idx], m[idx], C[idx], p.coef, p.intercept,
-                                 n_classes=n_classes)  # fmt: skip
+        sub = LogRegFit(coef=coef[idx], intercept=intercept[idx], converged=ok[idx],
+                        n_iter=n_iter[idx])  # fmt: skip
+        Xs, ys, ms, Cs = X[idx].to(torch.float64), y[idx], m[idx], C[idx]
+        p = polish(Xs, ys, ms, Cs, sub)
+        g2, o2, b2 = duality_gap(Xs, ys, ms, Cs, p.coef, p.intercept, n_classes=n_classes)
         better = g2 < gap[idx]
-        coef, intercept, n_iter = fit.coef.clone(), fit.intercept.clone(), fit.n_iter.clone()
         pick = idx[better]
+        coef, intercept, n_iter = coef.clone(), intercept.clone(), n_iter.clone()
+        gap, obj = gap.clone(), obj.clone()
         coef[pick] = p.coef[better].to(coef.dtype)
         intercept[pick] = b2[better].to(intercept.dtype)
         n_iter[idx] = n_iter[idx] + p.n_iter.to(n_iter.dtype)
-        gap, obj = gap.clone(), obj.clone()
         gap[pick], obj[pick] = g2[better], o2[better]
-        fit = LogRegFit(coef=coef, intercept=intercept, converged=fit.converged, n_iter=n_iter,
-                        gap=gap)  # fmt: skip
         ok = certified(gap, obj)
-    return replace(fit, converged=ok)
+    return LogRegFit(coef=coef, intercept=intercept, converged=ok, n_iter=n_iter, gap=gap)
 
 
-def polish(
-    X: torch.Tensor,
-    y: torch.Tensor,
-    m: torch.Tensor,
-    C: torch.Tensor,
-    init: LogRegFit,
-    *,
-    n_classes: int,
-    max_iter: int,
-) -> LogRegFit:
-    """Solve again with float64 products from ``init``: primal Newton where the parameters are
-    few, kernel Newton for small binary problems, else L-BFGS at a tight tolerance."""
-    _B, n, D = X.shape
+Polish = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, LogRegFit], LogRegFit]
+
+
+def polish_plan(
+    n: int, D: int, n_classes: int, device: torch.device, max_iter: int
+) -> list[Polish]:
+    """The float64 solvers that polish uncertified problems, in the order tried (arguments
+    X, y, mask, C and the fit to start from): Newton in the primal first where the parameters
+    are few (its step does not depend on the features' scales: unscaled clinical tables), else
+    kernel Newton for small binary problems, L-BFGS from the fit, and the primal Newton last
+    where its Hessian is affordable."""
     Kc = 1 if n_classes == 2 else n_classes
-    if (D + 1) * Kc <= PRIMAL_MAX_PARAMS:
-        # first where it fits: Newton's step does not depend on the features' scales, and the
-        # Jacobi-scaled primal system stays solvable on unscaled features
-        return newton_primal(X, y, m, C, n_classes=n_classes, init=init, max_iter=min(max_iter, 50))
-    if n_classes == 2 and n <= kernel_max_n(X.device):
+    P = (D + 1) * Kc
+    newton_iters = min(max_iter, 50)
+
+    def primal(X: torch.Tensor, y: torch.Tensor, m: torch.Tensor, C: torch.Tensor,
+               init: LogRegFit) -> LogRegFit:  # fmt: skip
+        return newton_primal(X, y, m, C, n_classes=n_classes, init=init, max_iter=newton_iters)
+
+    def kernel(X: torch.Tensor, y: torch.Tensor, m: torch.Tensor, C: torch.Tensor,
+               init: LogRegFit) -> LogRegFit:  # fmt: skip
         return solve(X, y, m, C, n_classes=2, solver="newton-kernel", max_iter=min(max_iter, 100),
                      tol=1e-12, init=None)  # fmt: skip
-    return solve(X, y, m, C, n_classes=n_classes, solver="lbfgs", max_iter=max_iter, tol=1e-11,
-                 init=init)  # fmt: skip
+
+    def quasi_newton(X: torch.Tensor, y: torch.Tensor, m: torch.Tensor, C: torch.Tensor,
+                     init: LogRegFit) -> LogRegFit:  # fmt: skip
+        return solve(X, y, m, C, n_classes=n_classes, solver="lbfgs", max_iter=max_iter,
+                     tol=1e-11, init=init)  # fmt: skip
+
+    if P <= PRIMAL_FIRST_PARAMS:
+        return [primal]
+    plan: list[Polish] = []
+    if n_classes == 2 and n <= kernel_max_n(device):
+        plan.append(kernel)
+    plan.append(quasi_newton)
+    if P <= PRIMAL_MAX_PARAMS:
+        plan.append(primal)
+    return plan

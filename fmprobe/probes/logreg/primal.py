@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 from fmprobe.probes.logreg.common import LogRegFit
 
-# the most parameters, (D + 1)·Kc, that the primal Newton polish takes
+# the most parameters, (D + 1)·Kc, that the primal Newton polish takes, and up to which it is
+# tried first (above, a warm L-BFGS in float64 costs less where the features are well scaled)
 PRIMAL_MAX_PARAMS = 1536
+PRIMAL_FIRST_PARAMS = 256
 
 
 def newton_primal(
