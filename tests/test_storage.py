@@ -256,3 +256,35 @@ def test_forecast_and_report_on_s3_equal_the_local_run(s3: str, tmp_path: Path) 
     r = report(results=f"{s3}/fr/r.parquet", forecast=f"{s3}/fr/f.parquet", out=f"{s3}/fr/rep")
     page = read_text(r.index)
     assert r.index == f"{s3}/fr/rep/index.html" and "<svg" in page and "Compare" in page
+
+
+@pytest.mark.parametrize("command", ["forecast", "report"])
+def test_storage_options_reach_the_analysis_commands(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """``--storage-options`` carries the endpoint where the environment does not: forecast and
+    report read and write the bucket with it alone."""
+    import s3fs
+
+    from fmprobe.storage import OPTIONS_ENV
+
+    root = f"{s3}/so-{command}"
+    remote = _feature_store(root, tmp_path)
+    sweep(store=remote, out=f"{root}/r.parquet", **dict(SWEEP, n="10,20,40,all"))  # type: ignore[arg-type]
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv(OPTIONS_ENV, "{}")  # restored (removed) after the test
+    s3fs.S3FileSystem.clear_instance_cache()
+    if command == "forecast":
+        args = ["forecast", f"{root}/r.parquet", "--max-labels", "40", "--target", "0.9",
+                "--out", f"{root}/f.parquet"]  # fmt: skip
+    else:
+        args = ["report", f"{root}/r.parquet", "--out", f"{root}/rep"]
+    result = run_cli(*args, "--storage-options", json.dumps({"endpoint_url": endpoint}))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    if command == "forecast":
+        with fs.open(f"{root}/f.parquet".removeprefix("s3://"), "rb") as f:
+            assert len(pd.read_parquet(f)) > 0
+    else:
+        assert fs.exists(f"{root}/rep/index.html".removeprefix("s3://"))

@@ -678,3 +678,30 @@ def test_label_policies_reach_the_results_and_val_rows_are_in_neither_split(
     ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[train], y[train])
     want = roc_auc_score(y[test], ref.decision_function(X[test]))
     assert abs(res.auroc.iloc[0] - want) <= 1e-4
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_cpu_sweeps_run_on_one_thread_and_gpu_sweeps_keep_torch_threads(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """The local engine's thread rule, forced on both device types: a CPU sweep's units run on
+    one torch thread (and one BLAS thread), a GPU sweep's keep the process's torch threads."""
+    from fmprobe.sweep import units as units_mod
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    monkeypatch.setattr(units_mod, "resolve_device", lambda _d: torch.device(device))
+    monkeypatch.setattr(units_mod.UnitRunner, "__init__", lambda self, job: None)
+    monkeypatch.setattr(
+        units_mod.UnitRunner,
+        "run",
+        lambda self, units, progress=None: seen.append(torch.get_num_threads()) or 0,
+    )
+    job = type("Job", (), {"device": device})()
+    try:
+        units_mod.execute_units(job, [])  # type: ignore[arg-type]
+        assert seen == [1 if device == "cpu" else 2]
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)

@@ -165,6 +165,34 @@ def split_options(func: F) -> F:
     return func
 
 
+def model_options(func: F) -> F:
+    """How a model's weights are loaded, for embed and finetune alike (the same options, the
+    same meaning: ``fmprobe.encoders.build_encoder``)."""
+    for option in reversed([
+        click.option("--weights", default=None,
+                     help="Local checkpoint: safetensors, or a state dict (loaded with "
+                          "weights_only=True)."),
+        click.option("--random-init", is_flag=True,
+                     help="No pretrained weights (seeded); recorded as such."),
+        click.option("--model-kwargs", default=None,
+                     help="JSON passed to the model factory, e.g. '{\"img_size\": 64}'."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
+def plan_options(func: F) -> F:
+    """The label counts and seeds of a sweep and of a fine-tune (``fmprobe.sweep.plan``)."""
+    for option in reversed([
+        click.option("--n", "n", default="10,20,50,100,all", show_default=True,
+                     help="Label counts; 'all' = the whole training pool."),
+        click.option("--seeds", default=5, show_default=True, type=int,
+                     help="Seeds per label count."),
+    ]):  # fmt: skip
+        func = option(func)
+    return func
+
+
 class RunOrMergeGroup(click.Group):
     """A command whose own options come without a subcommand (``fmprobe sweep [OPTIONS]``),
     with ``merge`` as its only subcommand (``fmprobe sweep merge ...``)."""

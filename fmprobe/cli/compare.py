@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import config_option, friendly, json_option
+from fmprobe.cli.common import config_option, friendly, json_option, storage_option
 
 
 @click.command("compare")
@@ -45,6 +45,7 @@ from fmprobe.cli.common import config_option, friendly, json_option
 )
 @json_option
 @config_option
+@storage_option
 @friendly
 def compare(**opts: Any) -> None:
     """Paired bootstrap of two features (or samplers, or probes) per task and over all tasks.

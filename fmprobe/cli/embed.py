@@ -13,6 +13,7 @@ from fmprobe.cli.common import (
     engine_options,
     friendly,
     json_option,
+    model_options,
     parse_json_object,
     quiet_option,
     storage_option,
@@ -46,21 +47,7 @@ from fmprobe.cli.common import (
 @click.option(
     "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
 )
-@click.option(
-    "--weights",
-    default=None,
-    help="Local checkpoint: safetensors, or a state dict (loaded with weights_only=True).",
-)
-@click.option(
-    "--random-init",
-    is_flag=True,
-    help="No pretrained weights (seeded); recorded as such in the store.",
-)
-@click.option(
-    "--model-kwargs",
-    default=None,
-    help="JSON passed to the model factory, e.g. '{\"img_size\": 64}'.",
-)
+@model_options
 @click.option(
     "--name", default=None, help="Name of the model group in the store (default: from --model)."
 )

@@ -15,9 +15,12 @@ from fmprobe.cli.common import (
     engine_options,
     friendly,
     json_option,
+    model_options,
     parse_json_object,
+    plan_options,
     quiet_option,
     split_options,
+    storage_option,
 )
 from fmprobe.errors import UsageError
 
@@ -43,17 +46,7 @@ from fmprobe.errors import UsageError
     help="lora (adapters on the attention projections), full (every weight) or linear "
     "(a head on frozen features).",
 )
-@click.option(
-    "--weights",
-    default=None,
-    help="Local checkpoint: safetensors, or a state dict (weights_only=True).",
-)
-@click.option("--random-init", is_flag=True, help="No pretrained weights (seeded).")
-@click.option(
-    "--model-kwargs",
-    default=None,
-    help="JSON passed to the model factory, e.g. '{\"img_size\": 64}'.",
-)
+@model_options
 @click.option(
     "--name",
     default=None,
@@ -81,14 +74,7 @@ from fmprobe.errors import UsageError
 @click.option(
     "--labels", default=None, help="CSV/Parquet table joined on `id` (missing labels masked)."
 )
-@click.option(
-    "--n",
-    "n",
-    default="10,20,50,100,all",
-    show_default=True,
-    help="Label counts; 'all' = the whole training pool.",
-)
-@click.option("--seeds", default=5, show_default=True, type=int, help="Seeds per label count.")
+@plan_options
 @click.option(
     "--sampler",
     default="random",
@@ -165,6 +151,7 @@ from fmprobe.errors import UsageError
 @json_option
 @quiet_option
 @config_option
+@storage_option
 @friendly
 @click.pass_context
 def finetune(ctx: click.Context, **opts: Any) -> None:  # fmt: skip

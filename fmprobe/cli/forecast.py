@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import config_option, friendly, json_option
+from fmprobe.cli.common import config_option, friendly, json_option, storage_option
 
 
 @click.command("forecast")
@@ -40,6 +40,7 @@ from fmprobe.cli.common import config_option, friendly, json_option
 @click.option("--plot", default=None, help="Folder for one PNG per curve (needs matplotlib).")
 @json_option
 @config_option
+@storage_option
 @friendly
 def forecast(**opts: Any) -> None:
     """Forecast learning curves from a results or curves table (CSV or Parquet).

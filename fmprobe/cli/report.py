@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import config_option, friendly, json_option
+from fmprobe.cli.common import config_option, friendly, json_option, storage_option
 
 
 @click.command("report")
@@ -24,6 +24,7 @@ from fmprobe.cli.common import config_option, friendly, json_option
 @click.option("--title", default=None, help="Page title.")
 @json_option
 @config_option
+@storage_option
 @friendly
 def report(**opts: Any) -> None:
     """Write OUT/index.html: learning curves, forecasts, labels needed, layers and pooling,

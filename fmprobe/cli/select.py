@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fmprobe.cli.common import config_option, device_option, friendly, json_option
+from fmprobe.cli.common import config_option, device_option, friendly, json_option, storage_option
 
 _NAMES = "random, kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl"
 
@@ -41,6 +41,7 @@ _NAMES = "random, kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl"
 @device_option
 @json_option
 @config_option
+@storage_option
 @friendly
 def select(**opts: Any) -> None:
     """Pick the samples to label first from their embeddings (cold start).

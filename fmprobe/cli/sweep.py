@@ -15,6 +15,7 @@ from fmprobe.cli.common import (
     friendly,
     json_option,
     parse_json_object,
+    plan_options,
     quiet_option,
     split_options,
     storage_option,
@@ -54,14 +55,7 @@ from fmprobe.errors import UsageError
     help="Comma list: random (stratified, nested across n) and/or cold-start strategies of "
     "`fmprobe select` (kmeans, typiclust, probcover, coreset, fps, repdiv, bal, usl).",
 )
-@click.option(
-    "--n",
-    "n",
-    default="10,20,50,100,all",
-    show_default=True,
-    help="Label counts; 'all' = the whole training pool.",
-)
-@click.option("--seeds", default=5, show_default=True, type=int, help="Seeds per label count.")
+@plan_options
 @click.option(
     "--C",
     "C",

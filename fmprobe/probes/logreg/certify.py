@@ -131,7 +131,10 @@ def _binary_gap(
         p = torch.sigmoid(z + c[:, None])
         h = (m * p).sum(1) - pos
         dh = (m * p * (1 - p)).sum(1).clamp_min(1e-300)
-        c = torch.where(both, c - (h / dh).clamp(-8.0, 8.0), c)
+        step = torch.where(both, (h / dh).clamp(-8.0, 8.0), 0.0)
+        c = c - step
+        if bool((step.abs() <= 1e-12 * (1.0 + c.abs())).all()):  # quadratic: 2-4 steps
+            break
     zc = z + c[:, None]
     ridge = 0.5 * (W * W).sum((1, 2)) / C
     obj = (m * (F.softplus(zc) - y * zc)).sum(1) + ridge
@@ -168,4 +171,6 @@ def _softmax_intercepts(
         # damping): the intercepts keep the solver's sum
         d = d - keep * (d.sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1))
         c = c - d.clamp(-8.0, 8.0)
+        if bool((d.abs() <= 1e-12 * (1.0 + c.abs())).all()):
+            break
     return c
