@@ -341,6 +341,9 @@ def _cv_choice(
         held = torch.as_tensor(masks, device=Xb.device).reshape(-1, n)
         Xr = Xb[:, None].expand(B, k, n, D).reshape(-1, n, D)
         yr = yb[:, None].expand(B, k, n).reshape(-1, n)
+        if settings.standardize:  # once for the whole grid, from each fold's training rows
+            Xr, _, _ = standardise(Xr, ~held)
+            cv = replace(cv, standardize=False)
         metric = torch.empty(B, k, G, dtype=torch.float64, device=Xb.device)
         prev: LogRegFit | None = None
         for g in range(G):

@@ -71,8 +71,7 @@ def duality_gap(
 
 
 def certified(gap: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
-    """Which gaps certify their optimum: at most ``GAP_TOL`` of the objective (never below the
-    float64 rounding of a sum of that size)."""
+    """Which gaps certify their optimum: at most ``GAP_TOL`` of the objective."""
     return gap <= GAP_TOL * objective.abs().clamp_min(1e-300)
 
 
