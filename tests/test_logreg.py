@@ -344,7 +344,7 @@ def test_cpu_one_by_one_lbfgs_equals_sklearn_and_the_batched_solver(
                                        ref_z - ref_z.mean(1, keepdims=True), atol=2e-4)  # fmt: skip
     warm = fit_logreg(X, y, Cs, init=ours, **kw)  # type: ignore[arg-type]
     torch.testing.assert_close(warm.coef, ours.coef, atol=1e-6, rtol=1e-5)
-    assert int(warm.n_iter.sum()) * 5 <= int(ours.n_iter.sum())  # it starts near the optimum
+    assert int(warm.n_iter.sum()) * 3 <= int(ours.n_iter.sum())  # it starts near the optimum
     monkeypatch.setattr(logreg.common, "CPU_ONE_BY_ONE", 1 << 40)
     batched = fit_logreg(X, y, Cs, **kw)  # type: ignore[arg-type]
     torch.testing.assert_close(batched.coef, ours.coef, atol=2e-5, rtol=1e-4)
@@ -438,3 +438,135 @@ def test_kernel_newton_step_length_is_the_line_minimum() -> None:
                      m[None], y[None], np.array([invC]), expit, iters=30)  # fmt: skip
     ref = minimize_scalar(phi, bounds=(1e-3, 64.0), method="bounded", options={"xatol": 1e-10})
     assert abs(float(t[0]) - ref.x) <= 1e-6 * max(1.0, ref.x)
+
+
+def ill_conditioned(n: int, D: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated features (singular values from 10³ to 10⁻², as untrained networks give) and
+    labels that depend on weak directions too: plain L-BFGS needs thousands of iterations."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    Z = rng.normal(size=(n, D))
+    X = (Z * np.logspace(3, -2, D)) @ Q.T
+    y = np.argmax(Z[:, :K] * 2 + Z[:, D // 2 : D // 2 + K] + 0.3 * rng.normal(size=(n, K)), 1)
+    return X - X.mean(0), y
+
+
+def newton_reference(X: np.ndarray, y: np.ndarray, C: float) -> LogisticRegression:
+    """scikit-learn's Newton (Cholesky) solver: on ill-conditioned features sklearn's lbfgs
+    stops at its evaluation limit, far from the optimum."""
+    return LogisticRegression(C=C, solver="newton-cholesky", tol=1e-12, max_iter=1000).fit(X, y)
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_per_feature_penalty_of_one_over_c_is_the_plain_objective(one_by_one: bool) -> None:
+    """``penalty`` = 1/C for every feature gives the iterates of the plain L2 term."""
+    from fmprobe.probes.logreg import lbfgs, lbfgs_cpu
+
+    X, y = problem(120, 9, 3, seed=3)
+    Xt, yt = torch.tensor(X - X.mean(0))[None], torch.tensor(y)[None]
+    m = torch.ones(1, 120, dtype=torch.float64)
+    C = torch.tensor([0.7], dtype=torch.float64)
+    run = lbfgs_cpu if one_by_one else lbfgs
+    kw = dict(n_classes=3, max_iter=40, tol=1e-12, init=None)
+    plain = run(Xt, yt, m, C, **kw)  # type: ignore[arg-type]
+    weighted = run(Xt, yt, m, C, penalty=torch.full((1, 9), 1 / 0.7, dtype=torch.float64), **kw)  # type: ignore[arg-type]
+    torch.testing.assert_close(weighted.coef, plain.coef, atol=1e-12, rtol=1e-10)
+    assert int(weighted.n_iter[0]) == int(plain.n_iter[0])
+    # a different weight per feature is a different objective: sklearn's on rescaled features
+    pen = torch.linspace(0.5, 4.0, 9, dtype=torch.float64)[None]
+    w = run(Xt, yt, m, C, penalty=pen, **{**kw, "max_iter": 2000})  # type: ignore[arg-type]
+    scale = 1 / np.sqrt(pen[0].numpy())  # W_j = scale_j·V_j turns Σ pen_j W_j²/2 into ||V||²/2
+    ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=100_000).fit((X - X.mean(0)) * scale, y)
+    np.testing.assert_allclose(w.coef[0].numpy().T / scale, ref.coef_, atol=1e-5)
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_whitened_lbfgs_solves_correlated_features(one_by_one: bool) -> None:
+    """On features with singular values over five orders of magnitude, whitened L-BFGS reaches
+    sklearn's optimum in a budget where plain L-BFGS stays far from it."""
+    from fmprobe.probes.logreg import lbfgs, lbfgs_whitened, rotation
+
+    n, D, K, C = 400, 40, 4, 1.0
+    X, y = ill_conditioned(n, D, K, seed=0)
+    Xt, yt = torch.tensor(X)[None], torch.tensor(y)[None]
+    m = torch.ones(1, n, dtype=torch.float64)
+    Ct = torch.tensor([C], dtype=torch.float64)
+    ref = newton_reference(X, y, C)
+    best = objective(X, y, ref.coef_, ref.intercept_, C)
+    kw = dict(n_classes=K, max_iter=300, tol=1e-13, init=None)
+    rot = rotation(Xt, m)
+    s_ref = np.linalg.svd(X)[1]  # from XᵀX: accurate to rounding of the largest
+    np.testing.assert_allclose(np.sort(rot.s[0].numpy()), np.sort(s_ref), atol=1e-10 * s_ref[0])
+    w = lbfgs_whitened(Xt, yt, m, Ct, rot=rot, one_by_one=one_by_one, **kw)  # type: ignore[arg-type]
+    W, b = w.coef[0].numpy().T, w.intercept[0].numpy()
+    assert objective(X, y, W, b, C) - best <= 1e-9 * best
+    np.testing.assert_allclose(X @ W.T + b - (X @ W.T + b).mean(1, keepdims=True),
+                               ref.decision_function(X) - ref.decision_function(X).mean(1, keepdims=True),
+                               atol=1e-3)  # fmt: skip
+    p = lbfgs(Xt, yt, m, Ct, **kw)  # type: ignore[arg-type]
+    assert objective(X, y, p.coef[0].numpy().T, p.intercept[0].numpy(), C) - best > 1e-6 * best
+
+
+def test_primal_newton_in_the_span_of_the_rows_equals_sklearn() -> None:
+    """n < D: Newton on the n coordinates of the rows' span reaches sklearn's optimum, and its
+    weights lie in that span."""
+    from fmprobe.probes.logreg import newton_primal_span
+
+    n, D, K, C = 30, 90, 3, 50.0
+    Xs, ys = zip(*[problem(n, D, K, seed=20 + s) for s in range(2)], strict=True)
+    X = torch.tensor(np.stack([x - x.mean(0) for x in Xs]))
+    y = torch.tensor(np.stack(ys))
+    m = torch.ones(2, n, dtype=torch.float64)
+    fit = newton_primal_span(X, y, m, torch.full((2,), C, dtype=torch.float64), n_classes=K,
+                             init=None)  # fmt: skip
+    for b in range(2):
+        Xb = X[b].numpy()
+        ref = sklearn_reference(Xb, ys[b], C)
+        W = fit.coef[b].numpy().T
+        assert objective(Xb, ys[b], W, fit.intercept[b].numpy(), C) <= (
+            objective(Xb, ys[b], ref.coef_, ref.intercept_, C) * (1 + 1e-9)
+        )
+        resid = W.T - Xb.T @ np.linalg.lstsq(Xb.T, W.T, rcond=None)[0]  # off the rows' span
+        assert np.abs(resid).max() <= 1e-9 * np.abs(W).max()
+
+
+def fenchel_young_bound(X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray,
+                       C: float) -> float:  # fmt: skip
+    """A lower bound of the minimum from the model's own probabilities q (their sum over the
+    rows equals the labels': the intercepts are at their optimum):
+    Σᵢ H(qᵢ) − (C/2)‖Xᵀ(q − t)‖², H the entropy."""
+    from scipy.special import softmax
+
+    q = softmax(X @ W.T + b, axis=1)
+    t = np.eye(q.shape[1])[y]
+    assert np.abs((q - t).sum(0)).max() <= 1e-8 * len(y)
+    H = -(q * np.log(np.clip(q, 1e-300, None))).sum()
+    return float(H - C / 2 * ((X.T @ (q - t)) ** 2).sum())
+
+
+def test_correlated_multiclass_problems_at_large_c_are_certified() -> None:
+    """The features and C that left 10-class probes of the demo uncertified (correlated
+    features, nearly separable at large C, (D + 1)·K beyond 1,536 parameters): every problem
+    certified; the objective is within 10⁻⁶ of a lower bound of the minimum computed here and
+    no worse than sklearn's Newton solver's (which on these features falls back to lbfgs
+    with a warning), solving the same problem on the rows' coordinates X·Vᵀ (X = U S Vᵀ; the
+    optimum's weights lie in the rows' span: sklearn on all 300 features takes 40 s each)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    n, D, K = 150, 300, 6
+    Xs, ys = zip(*[ill_conditioned(n, D, K, seed=s) for s in range(3)], strict=True)
+    Cs = [1.0, 100.0, 1e4]
+    fit = fit_logreg(torch.tensor(np.stack(Xs)).float(), torch.tensor(np.stack(ys)),
+                     torch.tensor(Cs, dtype=torch.float64), n_classes=K)  # fmt: skip
+    assert bool(fit.converged.all())
+    for b in range(3):
+        W, bias = fit.coef[b].double().numpy().T, fit.intercept[b].double().numpy()
+        got = objective(Xs[b], ys[b], W, bias, Cs[b])
+        assert got - fenchel_young_bound(Xs[b], ys[b], W, bias, Cs[b]) <= 1e-6 * got
+        Xr = Xs[b] @ np.linalg.svd(Xs[b], full_matrices=False)[2].T
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ref = newton_reference(Xr, ys[b], Cs[b])
+        assert got <= objective(Xr, ys[b], ref.coef_, ref.intercept_, Cs[b]) * (1 + 1e-6)

@@ -22,11 +22,14 @@ The size limits are measured (``KERNEL_MAX_N`` on a GPU, ``CPU_KERNEL_MAX_N`` on
 Every solution is then certified in float64 by its duality gap (``certify``): "converged"
 means the objective is within ``GAP_TOL`` (relative) of its minimum, on raw, unscaled
 features too; problems that the first solve (float32 products) leaves short are solved again
-in float64 (``polish``: kernel Newton, primal Newton or L-BFGS).
+in float64 (``polish``: kernel Newton, primal Newton or L-BFGS). L-BFGS problems still
+unsolved after ``WHITEN_AFTER`` iterations go on in whitened coordinates (``whiten``), where
+strongly correlated features (untrained networks, clinical tables) do not slow it down.
 
 Modules: ``common`` (the fit, size limits, batched products), ``newton`` (kernel Newton),
-``lbfgs`` (batched L-BFGS), ``lbfgs_cpu`` (one by one in numpy), ``primal`` (primal Newton in
-float64), ``certify`` (the duality gap), ``fit`` (the entry point).
+``lbfgs`` (batched L-BFGS), ``lbfgs_cpu`` (one by one in numpy), ``whiten`` (L-BFGS on
+whitened coordinates), ``primal`` (primal Newton in float64, in the span of the rows where
+n < D), ``certify`` (the duality gap), ``fit`` (the entry point).
 """
 
 from fmprobe.probes.logreg.certify import GAP_TOL, duality_gap
@@ -40,8 +43,11 @@ from fmprobe.probes.logreg.common import (
     kernel_max_n,
 )
 from fmprobe.probes.logreg.fit import fit_logreg
-from fmprobe.probes.logreg.lbfgs import lbfgs_direction, push_pair
+from fmprobe.probes.logreg.lbfgs import lbfgs, lbfgs_direction, push_pair
+from fmprobe.probes.logreg.lbfgs_cpu import lbfgs_cpu
 from fmprobe.probes.logreg.newton import step_length
+from fmprobe.probes.logreg.primal import newton_primal, newton_primal_span
+from fmprobe.probes.logreg.whiten import Rotation, lbfgs_whitened, rotation
 
 __all__ = [
     "CPU_KERNEL_MAX_N",
@@ -49,12 +55,19 @@ __all__ = [
     "KERNEL_MAX_N",
     "SOLVERS",
     "LogRegFit",
+    "Rotation",
     "batched_mv",
     "batched_rmv",
     "duality_gap",
     "fit_logreg",
     "kernel_max_n",
+    "lbfgs",
+    "lbfgs_cpu",
     "lbfgs_direction",
+    "lbfgs_whitened",
+    "newton_primal",
+    "newton_primal_span",
     "push_pair",
+    "rotation",
     "step_length",
 ]

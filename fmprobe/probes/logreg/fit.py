@@ -12,7 +12,13 @@ from fmprobe.probes.logreg.common import SOLVERS, LogRegFit, kernel_max_n
 from fmprobe.probes.logreg.lbfgs import lbfgs
 from fmprobe.probes.logreg.lbfgs_cpu import lbfgs_cpu
 from fmprobe.probes.logreg.newton import newton_kernel, newton_kernel_cpu
-from fmprobe.probes.logreg.primal import PRIMAL_FIRST_PARAMS, PRIMAL_MAX_PARAMS, newton_primal
+from fmprobe.probes.logreg.primal import (
+    PRIMAL_FIRST_PARAMS,
+    PRIMAL_MAX_PARAMS,
+    newton_primal_span,
+    primal_params,
+)
+from fmprobe.probes.logreg.whiten import lbfgs_whitened
 
 
 def fit_logreg(
@@ -110,8 +116,41 @@ def solve(
         tol_ = tol if n_classes == 2 else tol / 10
         one_by_one = X.device.type == "cpu" and n * X.shape[2] >= common.CPU_ONE_BY_ONE
         run = lbfgs_cpu if one_by_one else lbfgs
-        return run(X, y, m, C, n_classes=n_classes, max_iter=max_iter, tol=tol_, init=init)
+        first = min(max_iter, common.WHITEN_AFTER)
+        fit = run(X, y, m, C, n_classes=n_classes, max_iter=first, tol=tol_, init=init)
+        if first >= max_iter or bool(fit.converged.all()):
+            return fit
+        return _whitened_rest(X, y, m, C, fit, n_classes=n_classes, max_iter=max_iter - first,
+                              tol=tol_, one_by_one=one_by_one)  # fmt: skip
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+
+
+def _whitened_rest(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    C: torch.Tensor,
+    fit: LogRegFit,
+    *,
+    n_classes: int,
+    max_iter: int,
+    tol: float,
+    one_by_one: bool,
+) -> LogRegFit:
+    """The problems of ``fit`` that L-BFGS has not solved in ``WHITEN_AFTER`` iterations,
+    continued from there on whitened coordinates (:mod:`~fmprobe.probes.logreg.whiten`:
+    correlated features), for up to ``max_iter`` more."""
+    idx = torch.nonzero(~fit.converged)[:, 0]
+    sub = fit.rows(idx)
+    w = lbfgs_whitened(X[idx], y[idx], m[idx], C[idx], n_classes=n_classes, max_iter=max_iter,
+                       tol=tol, init=sub, one_by_one=one_by_one)  # fmt: skip
+    coef, intercept = fit.coef.clone(), fit.intercept.clone()
+    converged, n_iter = fit.converged.clone(), fit.n_iter.clone()
+    coef[idx] = w.coef.to(coef.dtype)
+    intercept[idx] = w.intercept.to(intercept.dtype)
+    converged[idx] = w.converged
+    n_iter[idx] = n_iter[idx] + w.n_iter.to(n_iter.dtype)
+    return LogRegFit(coef=coef, intercept=intercept, converged=converged, n_iter=n_iter)
 
 
 def certify_fit(
@@ -164,12 +203,13 @@ def polish_plan(
     kernel Newton for small binary problems, L-BFGS from the fit, and the primal Newton last
     where its Hessian is affordable."""
     Kc = 1 if n_classes == 2 else n_classes
-    P = (D + 1) * Kc
+    P = primal_params(n, D, Kc)
     newton_iters = min(max_iter, 50)
 
     def primal(X: torch.Tensor, y: torch.Tensor, m: torch.Tensor, C: torch.Tensor,
                init: LogRegFit) -> LogRegFit:  # fmt: skip
-        return newton_primal(X, y, m, C, n_classes=n_classes, init=init, max_iter=newton_iters)
+        return newton_primal_span(X, y, m, C, n_classes=n_classes, init=init,
+                                  max_iter=newton_iters)  # fmt: skip
 
     def kernel(X: torch.Tensor, y: torch.Tensor, m: torch.Tensor, C: torch.Tensor,
                init: LogRegFit) -> LogRegFit:  # fmt: skip

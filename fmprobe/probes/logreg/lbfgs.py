@@ -90,8 +90,13 @@ def lbfgs(
     tol: float,
     init: LogRegFit | None,
     history: int = 10,
+    penalty: torch.Tensor | None = None,
 ) -> LogRegFit:
     """Batched L-BFGS (compact direction, backtracking Armijo line search) in the primal.
+
+    ``penalty`` (B, D), optional: the L2 term is ``Σ_j penalty_j ||W_j||² / 2`` (feature j's
+    weights over the classes) instead of ``||W||² / 2C`` (the whitened problems of
+    :mod:`~fmprobe.probes.logreg.whiten`).
 
     Two passes over the features per iteration, whatever the line search does: the logits are
     kept (z = XW + b) and the search direction's logits u = X·dW + db are computed once, so a
@@ -104,7 +109,11 @@ def lbfgs(
     Kc = 1 if n_classes == 2 else n_classes
     P = D * Kc + Kc
     Xw = X.to(torch.float32) if X.dtype != torch.float64 else X
-    invC = (1.0 / C)[:, None]
+    invC = (
+        (1.0 / C.to(dtype))[:, None].expand(B, D)
+        if penalty is None
+        else penalty.to(device=X.device, dtype=dtype)
+    )
     target = y.to(dtype)[:, :, None] if n_classes == 2 else F.one_hot(y.long(), n_classes).to(dtype)
     prob = PrimalProblem(Xw, target, invC, n_classes)
     unpack, logits, loss_grad_z = prob.unpack, prob.logits, prob.loss_grad_z
@@ -149,7 +158,6 @@ def lbfgs(
         z_a = z if rows is None else z[rows]
         m_a = m if rows is None else m[rows]
         t_a = target if rows is None else target[rows]
-        ic_a = invC[:, 0] if rows is None else invC[rows, 0]
         f_a = f if rows is None else f[rows]
         slope_a = slope if rows is None else slope[rows]
         noise_a = f_noise if rows is None else f_noise[rows]
@@ -157,9 +165,12 @@ def lbfgs(
         dW, _ = unpack(d_a)
         u = logits(d_a, rows)
         W_a, _ = unpack(th_a)
-        ww, wd, dd = (W_a * W_a).sum((1, 2)), (W_a * dW).sum((1, 2)), (dW * dW).sum((1, 2))
+        # the L2 term along the step, weighted: W·W, W·dW and dW·dW
+        pen = (invC if rows is None else invC[rows])[:, :, None]
+        pdW = pen * dW
+        ww, wd, dd = (pen * W_a * W_a).sum((1, 2)), (pdW * W_a).sum((1, 2)), (pdW * dW).sum((1, 2))
         step, accepted, f_new = _backtrack(
-            prob, z_a, u, m_a, t_a, ic_a, f_a, slope_a, noise_a, (ww, wd, dd)
+            prob, z_a, u, m_a, t_a, f_a, slope_a, noise_a, (ww, wd, dd)
         )
         # accepted problems move; the others (no decrease even for tiny steps) stay
         st = torch.where(accepted, step, torch.zeros_like(step))
@@ -196,8 +207,10 @@ def lbfgs(
 
 class PrimalProblem:
     """The objective of B problems in the primal, θ = (W (D, Kc) flattened, b (Kc)): logits,
-    the summed log-loss and its derivative in the logits, the gradient and the L2 term. Products
-    with X in the features' dtype (float32 unless they are float64), sums in float64."""
+    the summed log-loss and its derivative in the logits, the gradient and the L2 term
+    ``Σ_j invC_j ||W_j||² / 2`` (``invC`` (B, D): 1/C per problem, or a weight per feature).
+    Products with X in the features' dtype (float32 unless they are float64), sums in
+    float64."""
 
     def __init__(
         self, X: torch.Tensor, target: torch.Tensor, invC: torch.Tensor, n_classes: int
@@ -241,7 +254,7 @@ class PrimalProblem:
 
     def regulariser(self, theta: torch.Tensor) -> torch.Tensor:
         W, _ = self.unpack(theta)
-        return 0.5 * self.invC[:, 0] * (W * W).sum((1, 2))
+        return 0.5 * (self.invC[:, :, None] * W * W).sum((1, 2))
 
 
 def _backtrack(
@@ -250,7 +263,6 @@ def _backtrack(
     u: torch.Tensor,
     m: torch.Tensor,
     target: torch.Tensor,
-    invC: torch.Tensor,
     f: torch.Tensor,
     slope: torch.Tensor,
     noise: torch.Tensor,
@@ -258,7 +270,8 @@ def _backtrack(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Armijo backtracking along the direction with logits ``u`` from logits ``z``, on the
     problems that still need it only (a trial is z + t·u, no product with X); ``products`` are
-    W·W, W·dW and dW·dW. Returns the step, whether it was accepted, and the objective there."""
+    the L2 term's weighted W·W, W·dW and dW·dW. Returns the step, whether it was accepted,
+    and the objective there."""
     ww, wd, dd = products
     Ba = len(z)
     step = torch.ones(Ba, dtype=torch.float64, device=z.device)
@@ -269,7 +282,7 @@ def _backtrack(
         t = step[pending]
         zp = z[pending] + t[:, None, None] * u[pending]
         lp, _ = prob.loss_grad_z(zp, m[pending], target[pending], False)
-        fp = lp + 0.5 * invC[pending] * (ww[pending] + 2 * t * wd[pending] + t * t * dd[pending])
+        fp = lp + 0.5 * (ww[pending] + 2 * t * wd[pending] + t * t * dd[pending])
         # Armijo, up to the objective's rounding: z comes from a float32 product, so near
         # the optimum a true decrease can be smaller than the noise in f (without this,
         # such steps backtrack 30 times and the problem is declared stalled)

@@ -23,8 +23,9 @@ def lbfgs_cpu(
     tol: float,
     init: LogRegFit | None,
     history: int = 10,
+    penalty: torch.Tensor | None = None,
 ) -> LogRegFit:
-    """``lbfgs``'s algorithm on a CPU, one problem at a time in numpy.
+    """``lbfgs``'s algorithm on a CPU, one problem at a time in numpy (``penalty`` as there).
 
     On a CPU a problem with a few million feature elements is bound by the per-iteration cost
     of dispatching ~400 small torch operations (~1 ms), not by its two passes over the
@@ -37,7 +38,11 @@ def lbfgs_cpu(
     Xn = (X if X.dtype == torch.float64 else X.to(torch.float32)).numpy()
     yn = y.long().numpy()
     mn = m.double().numpy()
-    Cn = C.double().numpy()
+    pen = (
+        np.repeat(1.0 / C.double().numpy()[:, None], D, axis=1)
+        if penalty is None
+        else penalty.double().cpu().numpy()
+    )
     coef = np.zeros((B, D, Kc))
     intercept = np.zeros((B, Kc))
     converged = np.zeros(B, dtype=bool)
@@ -49,7 +54,7 @@ def lbfgs_cpu(
                 [init.coef[b].double().numpy().reshape(-1), init.intercept[b].double().numpy()]
             )
         th, conv, it = lbfgs_one(
-            Xn[b], yn[b], mn[b], float(Cn[b]), Kc=Kc, max_iter=max_iter, tol=tol,
+            Xn[b], yn[b], mn[b], pen[b], Kc=Kc, max_iter=max_iter, tol=tol,
             theta0=theta0, history=history,
         )  # fmt: skip
         coef[b], intercept[b] = th[: D * Kc].reshape(D, Kc), th[D * Kc :]
@@ -67,7 +72,7 @@ def lbfgs_one(
     X: np.ndarray,
     y: np.ndarray,
     m: np.ndarray,
-    C: float,
+    penalty: np.ndarray,
     *,
     Kc: int,
     max_iter: int,
@@ -75,13 +80,14 @@ def lbfgs_one(
     theta0: np.ndarray | None,
     history: int,
 ) -> tuple[np.ndarray, bool, int]:
-    """One problem of ``_lbfgs_cpu``: returns (theta, converged, iterations). Logits are
+    """One problem of ``_lbfgs_cpu`` (``penalty`` (D,): the L2 weight of each feature's
+    weights, 1/C for the plain objective): returns (theta, converged, iterations). Logits are
     (n,) for a binary problem, (n, K) for a multinomial one; few temporaries per iteration
     (its cost beyond the two passes over X is what this path saves)."""
     _n, D = X.shape
     DK = D * Kc
     P = DK + Kc
-    invC = 1.0 / C
+    invC = np.repeat(penalty.astype(np.float64), Kc)  # (D·Kc,), the weights' order
     loss_z, dloss, Xv, zero_z = _one_problem_ops(X, y, m, Kc)
 
     def grad(theta: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -101,7 +107,7 @@ def lbfgs_one(
     theta = np.zeros(P) if theta0 is None else theta0.astype(np.float64)
     z = zero_z.copy() if theta0 is None else logits(theta)
     W = theta[:DK]
-    f = loss_z(z) + 0.5 * invC * float(W @ W)
+    f = loss_z(z) + 0.5 * float(W @ (invC * W))
     g = grad(theta, z)
     f_noise = 0.0 if X.dtype == np.float64 else 1e-6 * max(abs(f), 1.0)
     # curvature pairs, oldest first, with their products SY[i, j] = s_i·y_j and YY = y_i·y_j
@@ -120,11 +126,12 @@ def lbfgs_one(
             slope = float(g @ d)
         u = logits(d)
         W, dW = theta[:DK], d[:DK]
-        ww, wd, dd = float(W @ W), float(W @ dW), float(dW @ dW)
+        pdW = invC * dW
+        ww, wd, dd = float(W @ (invC * W)), float(W @ pdW), float(dW @ pdW)
         t, accepted = 1.0, False
         for _ls in range(30):
             zt = z + t * u
-            ft = loss_z(zt) + 0.5 * invC * (ww + 2 * t * wd + t * t * dd)
+            ft = loss_z(zt) + 0.5 * (ww + 2 * t * wd + t * t * dd)
             # Armijo up to the rounding of the float32 products (see lbfgs)
             if ft <= f + 1e-4 * t * slope + f_noise:
                 accepted = True
