@@ -497,7 +497,7 @@ def test_whitened_lbfgs_solves_correlated_features(one_by_one: bool) -> None:
     rot = rotation(Xt, m)
     s_ref = np.linalg.svd(X)[1]  # from XᵀX: accurate to rounding of the largest
     np.testing.assert_allclose(np.sort(rot.s[0].numpy()), np.sort(s_ref), atol=1e-10 * s_ref[0])
-    w = lbfgs_whitened(Xt, yt, m, Ct, rot=rot, one_by_one=one_by_one, **kw)  # type: ignore[arg-type]
+    w = lbfgs_whitened(Xt, yt, m, Ct, one_by_one=one_by_one, **kw)  # type: ignore[arg-type]
     W, b = w.coef[0].numpy().T, w.intercept[0].numpy()
     assert objective(X, y, W, b, C) - best <= 1e-9 * best
     np.testing.assert_allclose(X @ W.T + b - (X @ W.T + b).mean(1, keepdims=True),

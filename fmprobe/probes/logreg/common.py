@@ -20,8 +20,8 @@ CPU_KERNEL_MAX_N = 256
 # one in numpy (``_lbfgs_cpu``), where small-array operations cost less than torch's dispatch
 CPU_ONE_BY_ONE = 1 << 16
 # L-BFGS problems not solved after this many iterations go on in whitened coordinates
-# (``whiten``): the SVD it needs costs about as much as 100-400 iterations (n = 1,343, D = 192,
-# 10 classes: 7 ms; n = 2,000, D = 768: 175 ms, one thread), and the problems that need it are those
+# (``whiten``): its rotation costs about 10-100 iterations (eigh of XᵀX, one thread: 7 ms at
+# n = 1,343, D = 192; 175 ms at n = 2,000, D = 768), and the problems that need it are those
 # whose features are strongly correlated, where plain L-BFGS needs thousands
 WHITEN_AFTER = 150
 # on a CPU the kernel Newton solver runs in numpy with LAPACK per problem (``_newton_kernel_cpu``)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from fmprobe.probes.logreg.certify import GAP_TOL
 from fmprobe.probes.logreg.common import LogRegFit, batched_mv
+from fmprobe.probes.logreg.whiten import rotation
 
 # the most parameters, (min(n, D) + 1)·Kc, that the primal Newton polish takes, and up to which
 # it is tried first (above, a warm L-BFGS in float64 costs less where the features are well
@@ -63,9 +64,8 @@ def newton_primal_span(
     if n >= D:
         return newton_primal(X, y, m, C, n_classes=n_classes, init=init, max_iter=max_iter)
     dt = torch.float64
-    Xm = X.to(dt) * (m > 0).to(dt)[:, :, None]
-    Vh = torch.linalg.svd(Xm, full_matrices=False).Vh  # (B, n, D)
-    Xr = torch.bmm(Xm, Vh.transpose(1, 2))  # (B, n, n) = U S
+    Vh = rotation(X, m).Vh  # (B, n, D)
+    Xr = torch.bmm(X.to(dt) * (m > 0).to(dt)[:, :, None], Vh.transpose(1, 2))  # (B, n, n) = U S
     init_r = (
         None
         if init is None

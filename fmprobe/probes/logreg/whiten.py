@@ -58,13 +58,11 @@ def lbfgs_whitened(
     max_iter: int,
     tol: float,
     init: LogRegFit | None,
-    rot: Rotation | None = None,
     one_by_one: bool = False,
 ) -> LogRegFit:
     """L-BFGS on the whitened problem (see the module), in X's dtype; returns the weights in
-    the original coordinates. ``rot`` (from :func:`rotation` on the same X and m) saves the
-    SVD when the same rows are fitted at several C; ``one_by_one`` runs ``lbfgs_cpu``."""
-    rot = rotation(X, m) if rot is None else rot
+    the original coordinates. ``one_by_one`` runs ``lbfgs_cpu``."""
+    rot = rotation(X, m)
     dt = torch.float64
     c = 0.25 if n_classes == 2 else 1.0 / n_classes
     Cd = C.to(device=X.device, dtype=dt)
