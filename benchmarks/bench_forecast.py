@@ -16,6 +16,9 @@ benchmark figures are computed on the others (held out).
     python benchmarks/bench_forecast.py --calibrate  # learn the calibration (dev ids only);
                                                      # --write puts it into the package
     python benchmarks/bench_forecast.py --config configs/forecast-lcdb.yaml
+    python benchmarks/bench_forecast.py --dev-variants     # variants of the meta-model, dev CV
+    python benchmarks/bench_forecast.py --ceiling logreg   # fits that have seen the held-out
+                                                          # truths: how far the model can go
 """
 
 from __future__ import annotations
@@ -275,8 +278,10 @@ class Targets:
         )
 
 
-def collect(df: pd.DataFrame, ks: tuple[int, ...]) -> Targets:
-    """Fit every dev curve on n <= k for each k and list every larger anchor as a target."""
+def collect(df: pd.DataFrame, ks: tuple[int, ...], *, train_everywhere: bool = False) -> Targets:
+    """Fit every dev curve on n <= k for each k and list every larger anchor as a target
+    (``train_everywhere``: every probe reads its training curve, also where its family
+    does not)."""
     from fmprobe.forecast import predict
     from fmprobe.forecast.api import prepare
     from fmprobe.forecast.families import DEFAULT_FAMILIES
@@ -293,7 +298,9 @@ def collect(df: pd.DataFrame, ks: tuple[int, ...]) -> Targets:
             train_metric="train_auroc",
         )
         cv = prep.curves
-        fits = predict.fit_curves(cv.data, DEFAULT_FAMILIES, probes=cv.probe[cv.fit_index])
+        probes = cv.probe[cv.fit_index]
+        every = np.ones(len(probes), dtype=bool) if train_everywhere else None
+        fits = predict.fit_curves(cv.data, DEFAULT_FAMILIES, probes=probes, train_allowed=every)
         obs = cv.observed
         beyond = obs[(obs["n"] > k) & obs["_curve"].isin(cv.fit_index)]
         pos = {c: i for i, c in enumerate(cv.fit_index)}
@@ -336,10 +343,12 @@ def fit_theta(
     *,
     ridge: float,
     delta: float = 0.01,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """θ of one meta-model: minimise the weighted mean smoothed absolute error
     ``sqrt(e² + δ²)`` (the target is an MAE) plus a ridge on the standardised features
-    (every column but the constant); returns θ for the raw features."""
+    (every column but the constant); returns θ for the raw features. ``prior`` (raw θ, shape
+    (J, D)): the ridge pulls towards it, every column included, instead of towards 0."""
     from scipy.optimize import minimize
 
     J, d = g.shape[1], x.shape[1]
@@ -348,19 +357,24 @@ def fit_theta(
     z = np.column_stack([np.ones(len(x)), (x[:, 1:] - mu) / sd])
     sw = sw / sw.sum()
     pen = np.ones((J, d))
-    pen[:, 0] = 0.0
-    pen = pen.ravel()
+    th0 = np.zeros((J, d))
+    if prior is None:
+        pen[:, 0] = 0.0
+        th0[:, 0] = -3.0
+    else:  # the prior in the standardised coordinates
+        th0[:, 1:] = prior[:, 1:] * sd
+        th0[:, 0] = prior[:, 0] + (prior[:, 1:] * mu).sum(axis=1)
+    pen, c = pen.ravel(), th0.ravel() if prior is not None else np.zeros(J * d)
 
     def loss(th: np.ndarray) -> tuple[float, np.ndarray]:
         A = z @ th.reshape(J, d).T
         e = y0 + (np.logaddexp(0.0, A) * g).sum(axis=1) - y
         r = np.sqrt(e * e + delta * delta)
         de = e / r * sw
-        grad = ((de[:, None] * g / (1 + np.exp(-A))).T @ z).ravel() + 2 * ridge * pen * th
-        return float(sw @ r + ridge * th @ (pen * th)), grad
+        dv = th - c
+        grad = ((de[:, None] * g / (1 + np.exp(-A))).T @ z).ravel() + 2 * ridge * pen * dv
+        return float(sw @ r + ridge * dv @ (pen * dv)), grad
 
-    th0 = np.zeros((J, d))
-    th0[:, 0] = -3.0
     res = minimize(loss, th0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 5000})
     ts = res.x.reshape(J, d)
     theta = np.zeros((J, d))
@@ -430,8 +444,9 @@ def _point(theta: np.ndarray, t: Targets) -> np.ndarray:
     return np.asarray(np.clip(t.y0 + (w * t.g).sum(axis=1), 0.0, 1.0))
 
 
-def fit_variant(t: Targets, name: str, ridge: float) -> np.ndarray:
-    """θ (J, D) of meta-model ``name`` fitted on the targets ``t`` (zero where unused)."""
+def fit_variant(t: Targets, name: str, ridge: float, prior: np.ndarray | None = None) -> np.ndarray:
+    """θ (J, D) of meta-model ``name`` fitted on the targets ``t`` (zero where unused);
+    ``prior``: a θ of the same shape the ridge pulls towards (see ``fit_theta``)."""
     from fmprobe.forecast import predict
 
     train, _ = VARIANTS[name]
@@ -439,7 +454,15 @@ def fit_variant(t: Targets, name: str, ridge: float) -> np.ndarray:
     m = t.train if train else np.ones(len(t.y), dtype=bool)
     # every curve weighs the same, whatever its number of larger anchors
     _, inv, cnt = np.unique(t.curve[m], return_inverse=True, return_counts=True)
-    th = fit_theta(t.x[m][:, cols], t.g[m][:, rows], t.y0[m], t.y[m], 1.0 / cnt[inv], ridge=ridge)
+    th = fit_theta(
+        t.x[m][:, cols],
+        t.g[m][:, rows],
+        t.y0[m],
+        t.y[m],
+        1.0 / cnt[inv],
+        ridge=ridge,
+        prior=None if prior is None else prior[np.ix_(rows, cols)],
+    )
     theta = np.zeros((len(predict.BASES), len(predict.FEATURES)))
     theta[:, 0] = -30.0  # an unused basis gets no weight
     theta[np.ix_(rows, cols)] = th
@@ -684,6 +707,146 @@ def _report_cv(name: str, t: Targets, oof: np.ndarray, ks: tuple[int, ...]) -> N
         )
 
 
+def run_dev_variants(dev: pd.DataFrame, ridge: float, folds: int = 5) -> None:
+    """Variants of the meta-model in the calibration's cross-validation (dev curves, folds by
+    data set), MAE / bounded pow3 at the largest anchor per probe: with and without the
+    training curve for every family (the rule: a family does not read it where it is worse
+    at both budgets), and a θ of each family's own pulled towards the shared one."""
+    t_all = collect(dev, CALIBRATION_KS, train_everywhere=True)
+    groups = np.unique(t_all.group)
+    fold_of = dict(
+        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
+    )
+
+    def cv(name: str, own: float | None = None) -> tuple[Targets, np.ndarray]:
+        t = _variant_targets(t_all, name)
+        fold = np.array([fold_of[gr] for gr in t.group])
+        oof = np.zeros(len(t.y))
+        for f in range(folds):
+            tr = t.rows(fold != f)
+            theta = fit_variant(tr, name, ridge)
+            oof[fold == f] = _point(theta, t.rows(fold == f))
+            for fam in [] if own is None else np.unique(t.probe):
+                th_f = fit_variant(tr.rows(tr.probe == fam), name, own, prior=theta)
+                m = (fold == f) & (t.probe == fam)
+                oof[m] = _point(th_f, t.rows(m))
+        return t, oof
+
+    def ratios(t: Targets, oof: np.ndarray, k: int) -> dict[str, float]:
+        m = t.largest & (t.k == k)
+        e, e3 = np.abs(oof - t.y)[m], np.abs(t.vals[0] - t.y)[m]
+        out = {p: e[t.probe[m] == p].mean() / e3[t.probe[m] == p].mean() for p in LEARNERS.values()}
+        return {"all": e.mean() / e3.mean(), **out}
+
+    rows = {
+        "with the training curve (probe+train), every family": cv("probe+train"),
+        "without it (probe)": cv("probe"),
+    }
+    for w in (1e-1, 1e-2, 1e-3):
+        rows[f"with it, a θ per family pulled to the shared θ with weight {w:g}"] = cv(
+            "probe+train", own=w
+        )
+    names = ["all", *LEARNERS.values()]
+    print("\n## dev cross-validation: MAE / bounded pow3 at the largest anchor, per probe")
+    for k in (64, 50):
+        print(f"\nfit on n <= {k}\n")
+        print("| meta-model | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for label, (t, oof) in rows.items():
+            r = ratios(t, oof, k)
+            print(f"| {label} | " + " | ".join(f"{r[p]:.3f}" for p in names) + " |")
+
+
+def run_ceiling(
+    dev: pd.DataFrame, held: pd.DataFrame, probe: str, ridge: float, ks: tuple[int, ...]
+) -> None:
+    """How close to the held-out truths the meta-model ``probe+train`` can come on the curves
+    of ``probe``: MAE / bounded pow3 at the largest anchor (>= 1,024) of θ fitted as the
+    calibration does (dev curves), beside fits that have seen the held-out truths (upper
+    bounds for this model), a 5-fold cross-validation inside the held-out curves, the linear
+    robust correction to pow3 of the issue's lead, and a bootstrap over held-out data sets."""
+    import dataclasses
+
+    from sklearn.linear_model import HuberRegressor
+
+    from fmprobe.forecast import predict
+
+    name = "probe+train"
+    td = _variant_targets(collect(dev, CALIBRATION_KS), name)
+    th = _variant_targets(collect(held, ks), name)
+    one = th.probe == probe
+    if not one.any():
+        raise SystemExit(f"no held-out {probe} curve with a training curve")
+
+    def ratio(pred: np.ndarray, k: int) -> float:
+        m = one & th.largest & (th.k == k)
+        return float(np.abs(pred - th.y)[m].mean() / np.abs(th.vals[0] - th.y)[m].mean())
+
+    dev_theta = fit_variant(td, name, ridge)
+    rows = {"θ fitted on the dev curves (the calibration)": _point(dev_theta, th)}
+    rows["θ fitted on all held-out curves (in-sample)"] = _point(fit_variant(th, name, ridge), th)
+    both = Targets(
+        **{
+            f: np.concatenate([getattr(td, f), getattr(th, f)], axis=1 if f == "vals" else 0)
+            for f in Targets.__dataclass_fields__
+        }
+    )
+    both = dataclasses.replace(both, curve=np.concatenate([td.curve, th.curve + 10**9]))
+    rows["θ fitted on the dev and all held-out curves (in-sample)"] = _point(
+        fit_variant(both, name, ridge), th
+    )
+    groups = np.unique(th.group)
+    fold_of = dict(zip(groups, np.random.default_rng(0).permutation(len(groups)) % 5, strict=True))
+    fold = np.array([fold_of[gr] for gr in th.group])
+    cv = np.zeros(len(th.y))
+    for f in range(5):
+        cv[fold == f] = _point(fit_variant(th.rows(fold != f), name, ridge), th.rows(fold == f))
+    rows["θ fitted on the other held-out data sets (5-fold CV by data set)"] = cv
+    for w in (1e-1, 1e-2, 1e-3, 1e-4):
+        own = rows["θ fitted on the dev curves (the calibration)"].copy()
+        theta = fit_variant(th.rows(one), name, w, prior=dev_theta)
+        own[one] = _point(theta, th.rows(one))
+        label = f"a θ of {probe}'s own fitted on its held-out curves (in-sample), pull {w:g}"
+        rows[label] = own
+    # the issue's lead: a robust linear regression of the correction to pow3
+    k_test = len(predict.TEST_FEATURES) + len(predict.TRAIN_FEATURES)
+    F = np.column_stack([th.x[:, 1:k_test], th.L, th.vals.T, th.y0])[one]
+    F = (F - F.mean(axis=0)) / np.where(F.std(axis=0) > 1e-12, F.std(axis=0), 1.0)
+    hub = HuberRegressor(epsilon=1.1, alpha=1e-3, max_iter=5000).fit(F, (th.y - th.vals[0])[one])
+    lead = th.vals[0].copy()
+    lead[one] = np.clip(th.vals[0][one] + hub.predict(F), 0.0, 1.0)
+    rows[f"Huber correction to pow3 fitted on the held-out {probe} curves (in-sample)"] = lead
+    curves = {k: int(np.unique(th.curve[one & th.largest & (th.k == k)]).size) for k in ks}
+    targets = {k: int((one & (th.k == k)).sum()) for k in ks}
+    cols, bases = _columns(*VARIANTS[name])
+    print(f"\n## ceiling: held-out {probe} curves, MAE / bounded pow3 at the largest anchor")
+    print(
+        ", ".join(f"{curves[k]} curves and {targets[k]} targets at n <= {k}" for k in ks)
+        + f"; θ has {len(cols) * len(bases)} free weights\n"
+    )
+    print("| θ | " + " | ".join(f"n <= {k}" for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    for label, pred in rows.items():
+        print(f"| {label} | " + " | ".join(f"{ratio(pred, k):.3f}" for k in ks) + " |")
+    pred = rows["θ fitted on the dev curves (the calibration)"]
+    rng = np.random.default_rng(0)
+    for k in ks:
+        m = one & th.largest & (th.k == k)
+        e, e3, gr = np.abs(pred - th.y)[m], np.abs(th.vals[0] - th.y)[m], th.group[m]
+        gs = np.unique(gr)
+        idx = [np.flatnonzero(gr == q) for q in gs]
+        boot = []
+        for _ in range(2000):
+            take = np.concatenate([idx[i] for i in rng.integers(0, len(gs), len(gs))])
+            boot.append(e[take].mean() / e3[take].mean())
+        lo, hi = np.quantile(boot, [0.05, 0.95])
+        print(
+            f"n <= {k}: the calibration's ratio {e.mean() / e3.mean():.3f}, bootstrap over the "
+            f"{len(gs)} data sets: 90% interval [{lo:.3f}, {hi:.3f}], "
+            f"P(ratio <= 0.7) = {np.mean(np.array(boot) <= 0.7):.3f}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=None, help="YAML with any of the options below.")
@@ -702,6 +865,18 @@ def main() -> None:
         "quantile and the cross-validated benchmark only).",
     )
     p.add_argument("--on", choices=["heldout", "dev"], default="heldout")
+    p.add_argument(
+        "--dev-variants",
+        action="store_true",
+        help="Variants of the meta-model in the calibration's cross-validation (dev ids).",
+    )
+    p.add_argument(
+        "--ceiling",
+        default=None,
+        metavar="PROBE",
+        help="How close fits that have seen the held-out truths of PROBE's curves come "
+        "(an upper bound for the meta-model), beside the calibration's.",
+    )
     args = p.parse_args()
     if args.config:
         import yaml
@@ -727,6 +902,13 @@ def main() -> None:
             cal.write()
         for k in ks:
             cross_validated_benchmark(dev, fold_cals, fold_of, k, args.level)
+        return
+    if args.dev_variants:
+        run_dev_variants(dev, args.ridge)
+        return
+    if args.ceiling:
+        ks = tuple(int(k) for k in str(args.max_labels).split(","))
+        run_ceiling(dev, held, args.ceiling, args.ridge, ks)
         return
     data = held if args.on == "heldout" else dev
     which = "held-out" if args.on == "heldout" else "dev (the calibration's own curves)"

@@ -509,11 +509,11 @@ def test_vap3_is_held_at_its_minimum_below_the_turn() -> None:
         ("ridge", "ridge", True, True),
         ("knn5", "knn", True, False),
         ("knn20", "knn", True, False),
-        ("attnpool", "mlp", True, True),
+        ("attnpool", "mlp", True, False),
         ("lda", "lda", True, True),
         ("knn", "knn", True, True),
         ("rf", "rf", True, True),
-        ("mlp", "mlp", True, True),
+        ("mlp", "mlp", True, False),
         ("LogReg", "logreg", True, True),
         ("svm", "pooled", False, True),
         ("knnx", "pooled", False, True),
@@ -562,6 +562,23 @@ def test_forecast_with_and_without_the_training_curve() -> None:
     means = df.groupby(["curve", "probe", "n"], as_index=False)[["auroc", "train_auroc"]].mean()
     r = forecast(curves=means, by="curve,probe", max_labels=64, at="1e5")
     assert r.curves["forecast_model"].tolist() == ["logreg+train", "logreg+train"]
+
+
+@pytest.mark.parametrize("probe", ["mlp", "attnpool", "knn5"])
+def test_families_that_do_not_read_the_training_curve(probe: str) -> None:
+    """The mlp family and fmprobe's kNN probes ignore a training column: the forecast is the
+    one told not to read it, and the two training curves of _pair_table change nothing."""
+    df = _pair_table(probe)
+    with_t = forecast(curves=df, by="curve,probe", max_labels=64, at="1e5", target=0.89)
+    no_t = forecast(
+        curves=df, by="curve,probe", max_labels=64, at="1e5", target=0.89, train_metric="none"
+    )
+    family = {"mlp": "mlp", "attnpool": "mlp", "knn5": "knn"}[probe]
+    assert with_t.curves["forecast_model"].tolist() == [family, family]
+    cols = ["predicted", "lower", "upper", "n_needed", "n_needed_lower", "n_needed_upper"]
+    pd.testing.assert_frame_equal(with_t.table[cols], no_t.table[cols])
+    far = with_t.table[with_t.table["n"] == 1e5].set_index("curve")["predicted"]
+    assert far["low"] == far["same"]
 
 
 def test_training_features_and_the_forecast_formula() -> None:

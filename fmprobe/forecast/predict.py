@@ -456,11 +456,13 @@ def fit_curves(
     probes: np.ndarray | None = None,
     fitted: Fits | None = None,
     calibration: Calibration | None = None,
+    train_allowed: np.ndarray | None = None,
 ) -> Fits:
     """Fit every family in ``families`` to every curve of ``data``.
 
     ``probes`` (shape (C,)) are the curves' probe names (``fmprobe.forecast.probes``); the
-    training curve is read from ``data.train`` where the probe's family uses it. ``fitted``:
+    training curve is read from ``data.train`` where the probe's family uses it, or where
+    ``train_allowed`` (shape (C,), optional) says so. ``fitted``:
     the family fits of the same test curves, reused (the benchmark forecasts each curve with
     and without its training curve). ``calibration``: other learned parameters than the
     package's (cross-validation).
@@ -477,8 +479,10 @@ def fit_curves(
     last = data.y[np.arange(C), np.maximum((data.w > 0).sum(axis=1) - 1, 0)]
     meta = feats = model = amp = None
     if set(families) == set(DEFAULT_FAMILIES):
-        allowed = None if probes is None else [probe_family(p).uses_train for p in probes]
-        train = train_curve(data, None if allowed is None else np.asarray(allowed, dtype=bool))
+        allowed = train_allowed
+        if allowed is None and probes is not None:
+            allowed = np.array([probe_family(p).uses_train for p in probes], dtype=bool)
+        train = train_curve(data, allowed)
         fam, model = curve_models(probes, train.used, C)
         feats = meta_features(data, params, train=train, probes=fam)
         amp = train_amplitudes(data, train)
