@@ -32,7 +32,7 @@ demo: $(STAMP)
 		--store $(DEMO)/digits.zarr
 	$(BIN)/fmprobe store info $(DEMO)/digits.zarr
 	@echo "demo: learning curves of logistic-regression probes (5 seeds per label count, features z-scored"
-	@echo "      on each subsample, C by 5-fold cross-validation inside it; 5-8 minutes on 2 cores):"
+	@echo "      on each subsample, C by 5-fold cross-validation inside it; 5-9 minutes on 2 cores):"
 	$(BIN)/fmprobe sweep --store $(DEMO)/digits.zarr --out $(DEMO)/results.parquet \
 		--features '*/block11/*,*/block5/cls' --tasks label --n 10,20,50,100,200,all --seeds 5 \
 		--standardize --C auto
