@@ -364,7 +364,8 @@ def fit_theta(
     else:  # the prior in the standardised coordinates
         th0[:, 1:] = prior[:, 1:] * sd
         th0[:, 0] = prior[:, 0] + (prior[:, 1:] * mu).sum(axis=1)
-    pen, c = pen.ravel(), th0.ravel() if prior is not None else np.zeros(J * d)
+    pen = pen.ravel()
+    c = np.zeros(J * d) if prior is None else th0.ravel().copy()  # what the ridge pulls to
 
     def loss(th: np.ndarray) -> tuple[float, np.ndarray]:
         A = z @ th.reshape(J, d).T
@@ -526,6 +527,43 @@ def _subset_model(t: Targets):  # type: ignore[no-untyped-def]
     )
 
 
+def data_set_folds(groups: np.ndarray, folds: int) -> dict[str, int]:
+    """The fold of each data set in ``groups`` (a fixed random permutation, seed 0)."""
+    groups = np.unique(groups)
+    perm = np.random.default_rng(0).permutation(len(groups)) % folds
+    return dict(zip(groups, perm.tolist(), strict=True))
+
+
+def cross_validate(
+    t: Targets,
+    name: str,
+    ridge: float,
+    fold_of: dict[str, int],
+    *,
+    own: float | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Out-of-fold points of meta-model ``name`` on the targets ``t`` (folds by data set) and
+    each fold's θ. ``own``: each probe family then gets a θ of its own, pulled towards the
+    fold's shared θ with this weight."""
+    fold = np.array([fold_of[gr] for gr in t.group])
+    oof = np.zeros(len(t.y))
+    thetas = []
+    for f in range(max(fold_of.values()) + 1):
+        tr = t.rows(fold != f)
+        thetas.append(fit_variant(tr, name, ridge))
+        oof[fold == f] = _point(thetas[f], t.rows(fold == f))
+        for fam in [] if own is None else np.unique(t.probe):
+            th_f = fit_variant(tr.rows(tr.probe == fam), name, own, prior=thetas[f])
+            m = (fold == f) & (t.probe == fam)
+            oof[m] = _point(th_f, t.rows(m))
+    return oof, thetas
+
+
+def mae_ratio(t: Targets, pred: np.ndarray, m: np.ndarray) -> float:
+    """MAE of ``pred`` over bounded pow3's on the targets ``m``."""
+    return float(np.abs(pred - t.y)[m].mean() / np.abs(t.vals[0] - t.y)[m].mean())
+
+
 def calibrate(
     df: pd.DataFrame, ks: tuple[int, ...], *, folds: int = 5, ridge: float = 1e-3
 ) -> tuple[Calibration, list[Calibration], dict[str, int]]:
@@ -541,19 +579,13 @@ def calibrate(
 
     t_all = collect(df, ks)
     groups = np.unique(t_all.group)
-    fold_of = dict(
-        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
-    )
+    fold_of = data_set_folds(groups, folds)
     models = {}
     per_fold: list[dict] = [{} for _ in range(folds)]  # type: ignore[type-arg]
     for name in VARIANTS:
         t = _variant_targets(t_all, name)
+        oof, thetas = cross_validate(t, name, ridge, fold_of)
         fold = np.array([fold_of[gr] for gr in t.group])
-        oof = np.zeros(len(t.y))
-        thetas = []
-        for f in range(folds):
-            thetas.append(fit_variant(t.rows(fold != f), name, ridge))
-            oof[fold == f] = _point(thetas[f], t.rows(fold == f))
         _report_cv(name, t, oof, ks)
         every = np.ones(len(t.y), dtype=bool)
         models[name] = _meta_model(name, fit_variant(t, name, ridge), t, oof, every)
@@ -694,9 +726,9 @@ def _report_cv(name: str, t: Targets, oof: np.ndarray, ks: tuple[int, ...]) -> N
         m = t.largest & (t.k == k)
         e, e3 = np.abs(oof - t.y)[m], np.abs(pow3 - t.y)[m]
         per = " ".join(
-            f"{p} {e[t.probe[m] == p].mean() / e3[t.probe[m] == p].mean():.2f}"
+            f"{p} {mae_ratio(t, oof, m & (t.probe == p)):.2f}"
             for p in LEARNERS.values()
-            if (t.probe[m] == p).any()
+            if (m & (t.probe == p)).any()
         )
         print(
             f"dev CV [{name}] max-labels {k}, largest anchor: MAE {e.mean():.4f} vs pow3 "
@@ -713,30 +745,16 @@ def run_dev_variants(dev: pd.DataFrame, ridge: float, folds: int = 5) -> None:
     training curve for every family (the rule: a family does not read it where it is worse
     at both budgets), and a θ of each family's own pulled towards the shared one."""
     t_all = collect(dev, CALIBRATION_KS, train_everywhere=True)
-    groups = np.unique(t_all.group)
-    fold_of = dict(
-        zip(groups, np.random.default_rng(0).permutation(len(groups)) % folds, strict=True)
-    )
+    fold_of = data_set_folds(t_all.group, folds)
 
     def cv(name: str, own: float | None = None) -> tuple[Targets, np.ndarray]:
         t = _variant_targets(t_all, name)
-        fold = np.array([fold_of[gr] for gr in t.group])
-        oof = np.zeros(len(t.y))
-        for f in range(folds):
-            tr = t.rows(fold != f)
-            theta = fit_variant(tr, name, ridge)
-            oof[fold == f] = _point(theta, t.rows(fold == f))
-            for fam in [] if own is None else np.unique(t.probe):
-                th_f = fit_variant(tr.rows(tr.probe == fam), name, own, prior=theta)
-                m = (fold == f) & (t.probe == fam)
-                oof[m] = _point(th_f, t.rows(m))
-        return t, oof
+        return t, cross_validate(t, name, ridge, fold_of, own=own)[0]
 
     def ratios(t: Targets, oof: np.ndarray, k: int) -> dict[str, float]:
         m = t.largest & (t.k == k)
-        e, e3 = np.abs(oof - t.y)[m], np.abs(t.vals[0] - t.y)[m]
-        out = {p: e[t.probe[m] == p].mean() / e3[t.probe[m] == p].mean() for p in LEARNERS.values()}
-        return {"all": e.mean() / e3.mean(), **out}
+        out = {p: mae_ratio(t, oof, m & (t.probe == p)) for p in LEARNERS.values()}
+        return {"all": mae_ratio(t, oof, m), **out}
 
     rows = {
         "with the training curve (probe+train), every family": cv("probe+train"),
@@ -779,8 +797,7 @@ def run_ceiling(
         raise SystemExit(f"no held-out {probe} curve with a training curve")
 
     def ratio(pred: np.ndarray, k: int) -> float:
-        m = one & th.largest & (th.k == k)
-        return float(np.abs(pred - th.y)[m].mean() / np.abs(th.vals[0] - th.y)[m].mean())
+        return mae_ratio(th, pred, one & th.largest & (th.k == k))
 
     dev_theta = fit_variant(td, name, ridge)
     rows = {"θ fitted on the dev curves (the calibration)": _point(dev_theta, th)}
@@ -795,12 +812,7 @@ def run_ceiling(
     rows["θ fitted on the dev and all held-out curves (in-sample)"] = _point(
         fit_variant(both, name, ridge), th
     )
-    groups = np.unique(th.group)
-    fold_of = dict(zip(groups, np.random.default_rng(0).permutation(len(groups)) % 5, strict=True))
-    fold = np.array([fold_of[gr] for gr in th.group])
-    cv = np.zeros(len(th.y))
-    for f in range(5):
-        cv[fold == f] = _point(fit_variant(th.rows(fold != f), name, ridge), th.rows(fold == f))
+    cv, _ = cross_validate(th, name, ridge, data_set_folds(th.group, 5))
     rows["θ fitted on the other held-out data sets (5-fold CV by data set)"] = cv
     for w in (1e-1, 1e-2, 1e-3, 1e-4):
         own = rows["θ fitted on the dev curves (the calibration)"].copy()
